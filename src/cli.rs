@@ -1,0 +1,244 @@
+//! The `pgshift` command line: options (clap) and dispatch. `main` only
+//! parses, sets up logging and calls [`run`].
+
+use crate::backfill::BackfillOptions;
+use crate::engine::exec::LockPolicy;
+use crate::engine::{Engine, Options};
+use crate::error::{Error, Result};
+use crate::migration::{self, Migration};
+use crate::progress::ProgressMode;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Zero-downtime PostgreSQL schema changes (expand / backfill / contract).
+#[derive(Debug, Parser)]
+#[command(name = "pgshift", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options accepted before or after the subcommand.
+#[derive(Debug, Args, Clone)]
+pub struct GlobalOpts {
+    /// Postgres connection URL or key=value string.
+    #[arg(
+        long,
+        global = true,
+        env = "PGSHIFT_POSTGRES_URL",
+        default_value = "postgres://postgres@localhost:5432/postgres"
+    )]
+    pub postgres_url: String,
+    /// The schema to migrate.
+    #[arg(long, global = true, env = "PGSHIFT_SCHEMA", default_value = "public")]
+    pub schema: String,
+    /// lock_timeout of each DDL attempt, in milliseconds.
+    #[arg(
+        long,
+        global = true,
+        env = "PGSHIFT_LOCK_TIMEOUT",
+        default_value_t = 500
+    )]
+    pub lock_timeout: u64,
+    /// Attempts per DDL statement before giving up (jittered exponential backoff between).
+    #[arg(long, global = true, default_value_t = 10)]
+    pub lock_retries: u32,
+    /// Rows per backfill batch; 0 sizes batches to --backfill-batch-target-ms.
+    #[arg(long, global = true, default_value_t = 0)]
+    pub backfill_batch_size: u64,
+    /// Target duration of one adaptive backfill batch, in milliseconds.
+    #[arg(long, global = true, default_value_t = 100)]
+    pub backfill_batch_target_ms: u64,
+    /// Pause between backfill batches, in milliseconds.
+    #[arg(long, global = true, default_value_t = 0)]
+    pub backfill_batch_delay: u64,
+    /// How backfill progress is shown.
+    #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the control schema `pgshift` (idempotent).
+    Init,
+    /// Start a migration: expand, dual-write triggers, version schema, backfill.
+    Start {
+        file: PathBuf,
+        /// Complete right after starting.
+        #[arg(long, short = 'c')]
+        complete: bool,
+    },
+    /// Complete the active migration: contract to the new shape.
+    Complete,
+    /// Roll back the active migration, removing everything it added.
+    Rollback,
+    /// Show the migration state.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the pending migrations of a directory in order.
+    Migrate {
+        dir: PathBuf,
+        /// Also complete the last migration.
+        #[arg(long, short = 'c')]
+        complete: bool,
+    },
+    /// Print the newest version schema (or migration name).
+    Latest {
+        /// Print the migration name instead of the version schema.
+        #[arg(long)]
+        migration: bool,
+    },
+    /// Print the SQL every phase of a migration would run; changes nothing.
+    Plan { file: PathBuf },
+    /// Check a migration file, and (unless --offline) that it fits the database.
+    Validate {
+        file: PathBuf,
+        /// Only check the file's syntax and fields.
+        #[arg(long)]
+        offline: bool,
+    },
+}
+
+impl GlobalOpts {
+    pub fn engine_options(&self) -> Result<Options> {
+        if self.lock_retries == 0 {
+            return Err(Error::config("--lock-retries must be at least 1"));
+        }
+        if self.lock_timeout == 0 {
+            return Err(Error::config(
+                "--lock-timeout must be positive (0 would wait for locks forever)",
+            ));
+        }
+        Ok(Options {
+            schema: self.schema.clone(),
+            lock: LockPolicy {
+                timeout: Duration::from_millis(self.lock_timeout),
+                attempts: self.lock_retries,
+                ..LockPolicy::default()
+            },
+            backfill: BackfillOptions {
+                batch_size: (self.backfill_batch_size > 0).then_some(self.backfill_batch_size),
+                target: Duration::from_millis(self.backfill_batch_target_ms.max(1)),
+                delay: Duration::from_millis(self.backfill_batch_delay),
+                ..BackfillOptions::default()
+            },
+            progress: self.progress,
+        })
+    }
+}
+
+/// Run a parsed command line; what it prints goes to stdout.
+pub async fn run(cli: Cli) -> Result<()> {
+    let g = &cli.global;
+    let opts = g.engine_options()?;
+    let connect = || Engine::connect(&g.postgres_url, opts.clone());
+    match cli.command {
+        Command::Init => {
+            connect().await?.init().await?;
+            println!("pgshift initialised");
+        }
+        Command::Start { file, complete } => {
+            let m = Migration::load(&file)?;
+            let e = connect().await?;
+            e.start(&m).await?;
+            if complete {
+                e.complete().await?;
+                println!("migration {} started and completed", m.name);
+            } else {
+                println!(
+                    "migration {} started; new version schema: {}",
+                    m.name,
+                    e.plan_version_schema(&m)?
+                );
+            }
+        }
+        Command::Complete => {
+            let name = connect().await?.complete().await?;
+            println!("migration {name} completed");
+        }
+        Command::Rollback => {
+            let name = connect().await?.rollback().await?;
+            println!("migration {name} rolled back");
+        }
+        Command::Status { json } => {
+            let s = connect().await?.status().await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&s).map_err(|e| Error::state(e.to_string()))?
+                );
+            } else {
+                println!("schema:  {}", s.schema);
+                println!("status:  {}", s.status);
+                if let Some(v) = &s.version {
+                    println!("version: {v} (phase {})", s.phase.as_deref().unwrap_or("?"));
+                }
+                if let Some(v) = &s.version_schema {
+                    println!("version schema: {v}");
+                }
+                for b in &s.backfill {
+                    println!(
+                        "backfill {}: {}/{} rows in {} batches{}",
+                        b.table,
+                        b.rows_done,
+                        b.rows_total,
+                        b.batches,
+                        if b.done { ", done" } else { "" }
+                    );
+                }
+            }
+        }
+        Command::Migrate { dir, complete } => {
+            let files = migration::files_in_dir(&dir)?;
+            let parsed = files
+                .iter()
+                .map(|f| Migration::load(f))
+                .collect::<Result<Vec<_>>>()?;
+            let started = connect().await?.migrate(&parsed, complete).await?;
+            if started.is_empty() {
+                println!("nothing to apply");
+            } else {
+                println!("applied: {}", started.join(", "));
+            }
+        }
+        Command::Latest { migration } => match connect().await?.latest().await? {
+            Some(m) if migration => println!("{}", m.name),
+            Some(m) => println!("{}", m.version_schema),
+            None => {
+                return Err(Error::state(format!(
+                    "no migrations applied to schema {:?}",
+                    g.schema
+                )))
+            }
+        },
+        Command::Plan { file } => {
+            let m = Migration::load(&file)?;
+            let plan = connect().await?.plan(&m).await?;
+            print!("{}", plan.render());
+        }
+        Command::Validate { file, offline } => {
+            let m = Migration::load(&file)?;
+            if !offline {
+                connect().await?.plan(&m).await?;
+            }
+            println!(
+                "{}: valid ({} operations)",
+                file.display(),
+                m.file.operations.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+impl Engine {
+    fn plan_version_schema(&self, m: &Migration) -> Result<String> {
+        crate::plan::version_schema_name(&self.options().schema, m)
+    }
+}

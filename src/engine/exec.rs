@@ -1,0 +1,352 @@
+//! Lock-safe execution of plan steps.
+//!
+//! Every step runs under a short `lock_timeout`. When Postgres cannot grant
+//! the lock in time (SQLSTATE 55P03) or picks the step as a deadlock victim
+//! (40P01), the step is rolled back and retried after a jittered exponential
+//! backoff, a bounded number of times; the last failure names the statement
+//! and the sessions holding locks on its table. A transactional step commits
+//! together with the migration's step cursor, so a crash never runs a step
+//! twice nor skips one.
+
+use super::failpoint;
+use super::state::{self, Phase};
+use crate::error::{describe_db_error, Error, Result};
+use crate::plan::{Action, Step};
+use crate::sql::{literal, qualified};
+use std::time::Duration;
+use tokio_postgres::Client;
+
+/// How DDL waits for locks.
+#[derive(Debug, Clone)]
+pub struct LockPolicy {
+    /// `lock_timeout` of each attempt.
+    pub timeout: Duration,
+    /// Attempts before giving up.
+    pub attempts: u32,
+    /// First backoff; doubles per attempt up to `max_backoff`, with full jitter.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for LockPolicy {
+    fn default() -> Self {
+        LockPolicy {
+            timeout: Duration::from_millis(500),
+            attempts: 10,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl LockPolicy {
+    fn delay(&self, attempt: u32) -> Duration {
+        let exp = self.backoff.saturating_mul(1u32 << attempt.min(16));
+        let cap = exp.min(self.max_backoff);
+        // Full jitter, but never less than a quarter of the step.
+        let millis = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX).max(1);
+        Duration::from_millis(millis / 4 + fastrand::u64(0..=millis - millis / 4))
+    }
+}
+
+/// Is this error worth retrying (lock not granted in time, deadlock victim)?
+pub fn is_lock_conflict(e: &tokio_postgres::Error) -> bool {
+    matches!(e.code().map(|c| c.code()), Some("55P03") | Some("40P01"))
+}
+
+/// Where the step cursor lives.
+pub struct Cursor<'a> {
+    pub schema: &'a str,
+    pub migration: &'a str,
+    pub phase: Phase,
+}
+
+/// Run `steps[from..]`, advancing the cursor after each.
+pub async fn run_steps(
+    client: &Client,
+    steps: &[Step],
+    from: usize,
+    cursor: &Cursor<'_>,
+    policy: &LockPolicy,
+) -> Result<()> {
+    for (i, step) in steps.iter().enumerate().skip(from) {
+        tracing::info!(phase = %cursor.phase, step = i + 1, of = steps.len(), "{}", step.describe);
+        run_step(client, step, Some((cursor, i + 1)), policy)
+            .await
+            .map_err(|e| {
+                e.context(format!(
+                    "{} step {} ({})",
+                    cursor.phase,
+                    i + 1,
+                    step.describe
+                ))
+            })?;
+        failpoint::hit(cursor.phase.as_str(), i + 1, false);
+    }
+    Ok(())
+}
+
+/// Run one step with lock retries. When `cursor` is given, the cursor moves
+/// to the given position in the same transaction as the step.
+pub async fn run_step(
+    client: &Client,
+    step: &Step,
+    cursor: Option<(&Cursor<'_>, usize)>,
+    policy: &LockPolicy,
+) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let res = attempt_step(client, step, cursor, policy).await;
+        let e = match res {
+            Ok(()) => return Ok(()),
+            Err(Failure::Pgshift(e)) => return Err(e),
+            Err(Failure::Pg(e)) => e,
+        };
+        match e {
+            e if is_lock_conflict(&e) && attempt < policy.attempts => {
+                let wait = policy.delay(attempt);
+                tracing::warn!(
+                    attempt,
+                    wait_ms = wait.as_millis() as u64,
+                    "{}: lock not granted ({}); retrying",
+                    step.describe,
+                    describe_db_error(&e)
+                );
+                tokio::time::sleep(wait).await;
+            }
+            e if is_lock_conflict(&e) => {
+                let blockers = match &step.lock_table {
+                    Some((s, t)) => blockers(client, s, t).await,
+                    None => String::from("unknown (the step names no table)"),
+                };
+                return Err(Error::new(
+                    crate::error::Kind::LockExhausted,
+                    format!(
+                        "could not take the lock for \"{}\" after {attempt} attempts of lock_timeout {} ms ({}).\nstatement: {}\nsessions holding locks on the table: {blockers}",
+                        step.describe,
+                        policy.timeout.as_millis(),
+                        describe_db_error(&e),
+                        first_line(&step.render()),
+                    ),
+                ));
+            }
+            e => {
+                return Err(Error::db(
+                    format!("statement failed: {}", first_line(&step.render())),
+                    e,
+                ))
+            }
+        }
+    }
+}
+
+fn first_line(s: &str) -> String {
+    let s = s.trim();
+    if s.len() > 300 {
+        let mut cut = 300;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{} ...", &s[..cut])
+    } else {
+        s.to_string()
+    }
+}
+
+/// Why an attempt failed: Postgres said no (maybe retryable), or pgshift did.
+enum Failure {
+    Pg(tokio_postgres::Error),
+    Pgshift(Error),
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Failure::Pg(e)
+    }
+}
+
+async fn attempt_step(
+    client: &Client,
+    step: &Step,
+    cursor: Option<(&Cursor<'_>, usize)>,
+    policy: &LockPolicy,
+) -> std::result::Result<(), Failure> {
+    let timeout = format!(
+        "SET lock_timeout = {}",
+        literal(&format!("{}ms", policy.timeout.as_millis()))
+    );
+    match &step.action {
+        Action::Sql {
+            sql,
+            transactional: true,
+            guard,
+        } => {
+            in_transaction(client, &timeout, cursor, || async {
+                if guard_passes(client, guard.as_deref()).await? {
+                    client.batch_execute(sql).await?;
+                }
+                Ok::<(), Failure>(())
+            })
+            .await
+        }
+        Action::Views(spec) => {
+            in_transaction(client, &timeout, cursor, || async {
+                let stmts = spec.statements(client).await.map_err(Failure::Pgshift)?;
+                client.batch_execute(&stmts.join(";\n")).await?;
+                Ok(())
+            })
+            .await
+        }
+        Action::Sql {
+            sql,
+            transactional: false,
+            guard,
+        } => {
+            client.batch_execute(&timeout).await?;
+            if guard_passes(client, guard.as_deref()).await? {
+                client.batch_execute(sql).await?;
+            }
+            Ok(advance(client, cursor).await?)
+        }
+        Action::CreateIndex { sql, schema, index } => {
+            client.batch_execute(&timeout).await?;
+            let name = qualified(schema, index);
+            for _ in 0..3 {
+                drop_if_invalid(client, &name).await?;
+                client.batch_execute(sql).await?;
+                if index_valid(client, &name).await? {
+                    break;
+                }
+                tracing::warn!("index {name} came out INVALID; dropping it and building again");
+            }
+            if !index_valid(client, &name).await? {
+                // The INVALID index is dropped on the next attempt or on rollback.
+                return Err(Failure::Pgshift(Error::invalid(format!(
+                    "index {name} stays INVALID after 3 concurrent builds (a duplicate key or a failed expression?)"
+                ))));
+            }
+            Ok(advance(client, cursor).await?)
+        }
+    }
+}
+
+async fn in_transaction<F, Fut>(
+    client: &Client,
+    timeout: &str,
+    cursor: Option<(&Cursor<'_>, usize)>,
+    body: F,
+) -> std::result::Result<(), Failure>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<(), Failure>>,
+{
+    client.batch_execute(&format!("BEGIN; {timeout}")).await?;
+    let res = async {
+        body().await?;
+        advance(client, cursor).await?;
+        if let Some((c, i)) = cursor {
+            failpoint::hit(c.phase.as_str(), i, true);
+        }
+        client.batch_execute("COMMIT").await?;
+        Ok(())
+    }
+    .await;
+    if res.is_err() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    res
+}
+
+async fn advance(
+    client: &Client,
+    cursor: Option<(&Cursor<'_>, usize)>,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    if let Some((c, i)) = cursor {
+        let i = i32::try_from(i).unwrap_or(i32::MAX);
+        client
+            .execute(state::ADVANCE_STEP_SQL, &[&c.schema, &c.migration, &i])
+            .await?;
+    }
+    Ok(())
+}
+
+async fn guard_passes(
+    client: &Client,
+    guard: Option<&str>,
+) -> std::result::Result<bool, tokio_postgres::Error> {
+    match guard {
+        None => Ok(true),
+        Some(g) => Ok(client
+            .query_one(&format!("SELECT ({g})::boolean"), &[])
+            .await?
+            .get(0)),
+    }
+}
+
+async fn index_valid(
+    client: &Client,
+    name: &str,
+) -> std::result::Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)",
+            &[&name],
+        )
+        .await?;
+    Ok(row.is_some_and(|r| r.get(0)))
+}
+
+async fn drop_if_invalid(
+    client: &Client,
+    name: &str,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)",
+            &[&name],
+        )
+        .await?;
+    if let Some(r) = row {
+        let valid: bool = r.get(0);
+        if !valid {
+            tracing::warn!("dropping INVALID index {name} left by an earlier build");
+            client
+                .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The sessions holding granted locks on a table, for error messages.
+pub async fn blockers(client: &Client, schema: &str, table: &str) -> String {
+    let rows = client
+        .query(
+            "SELECT DISTINCT a.pid, coalesce(a.usename::text, ''), coalesce(a.application_name, ''), coalesce(a.state, ''),
+                    coalesce(extract(epoch FROM now() - a.xact_start)::bigint, 0), l.mode,
+                    left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 120)
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.relation = to_regclass($1) AND l.granted AND l.pid <> pg_backend_pid()
+             ORDER BY a.pid",
+            &[&qualified(schema, table)],
+        )
+        .await;
+    match rows {
+        Ok(rows) if rows.is_empty() => "none now (the conflicting lock was released)".into(),
+        Ok(rows) => rows
+            .iter()
+            .map(|r| {
+                let pid: i32 = r.get(0);
+                let user: String = r.get(1);
+                let app: String = r.get(2);
+                let st: String = r.get(3);
+                let age: i64 = r.get(4);
+                let mode: String = r.get(5);
+                let q: String = r.get(6);
+                format!("\n  pid {pid} user {user:?} application {app:?} state {st:?} in transaction for {age}s holding {mode}: {q}")
+            })
+            .collect(),
+        Err(e) => format!("(could not read pg_locks: {e})"),
+    }
+}

@@ -1,0 +1,29 @@
+//! Crash injection for tests: `PGSHIFT_CRASH_AT=<phase>:<n>` exits the
+//! process right after step (or backfill batch) `n` of `<phase>` commits;
+//! `PGSHIFT_CRASH_AT=<phase>:<n>:before-commit` exits with the step's
+//! transaction still open (Postgres rolls it back). The exit is immediate,
+//! like SIGKILL: no cleanup, no Terminate message.
+
+use std::sync::OnceLock;
+
+fn target() -> &'static Option<(String, usize, bool)> {
+    static T: OnceLock<Option<(String, usize, bool)>> = OnceLock::new();
+    T.get_or_init(|| {
+        let v = std::env::var("PGSHIFT_CRASH_AT").ok()?;
+        let mut parts = v.split(':');
+        let phase = parts.next()?.to_string();
+        let n = parts.next()?.parse().ok()?;
+        let before = parts.next() == Some("before-commit");
+        Some((phase, n, before))
+    })
+}
+
+/// Exit now if the crash target is this point.
+pub fn hit(phase: &str, n: usize, before_commit: bool) {
+    if let Some((p, t, b)) = target() {
+        if p == phase && *t == n && *b == before_commit {
+            eprintln!("pgshift: PGSHIFT_CRASH_AT={phase}:{n} reached, exiting without cleanup");
+            std::process::exit(137);
+        }
+    }
+}

@@ -1,0 +1,48 @@
+-- pgshift control schema. Idempotent: run by `pgshift init` and before `start`.
+CREATE SCHEMA IF NOT EXISTS pgshift;
+COMMENT ON SCHEMA pgshift IS 'pgshift control schema: migration history, plans, backfill progress, trigger functions';
+
+CREATE TABLE IF NOT EXISTS pgshift.migrations (
+    schema          name        NOT NULL,
+    name            text        NOT NULL,
+    parent          text,
+    version_schema  text        NOT NULL,
+    contents        text        NOT NULL,
+    checksum        text        NOT NULL,
+    migration       jsonb       NOT NULL,
+    plan            jsonb       NOT NULL,
+    phase           text        NOT NULL CHECK (phase IN ('starting', 'backfilling', 'active', 'completing', 'complete', 'rolling_back')),
+    step            integer     NOT NULL DEFAULT 0,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    backfilled_at   timestamptz,
+    completed_at    timestamptz,
+    PRIMARY KEY (schema, name)
+);
+
+-- At most one migration in progress per schema.
+CREATE UNIQUE INDEX IF NOT EXISTS migrations_one_active ON pgshift.migrations (schema) WHERE phase <> 'complete';
+
+CREATE TABLE IF NOT EXISTS pgshift.backfills (
+    schema      name        NOT NULL,
+    migration   text        NOT NULL,
+    table_name  text        NOT NULL,
+    key_columns text[]      NOT NULL,
+    upper_key   text[],
+    last_key    text[],
+    rows_done   bigint      NOT NULL DEFAULT 0,
+    rows_total  bigint      NOT NULL DEFAULT 0,
+    batches     bigint      NOT NULL DEFAULT 0,
+    done        boolean     NOT NULL DEFAULT false,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (schema, migration, table_name),
+    FOREIGN KEY (schema, migration) REFERENCES pgshift.migrations (schema, name) ON DELETE CASCADE
+);
+
+CREATE TABLE IF NOT EXISTS pgshift.version (
+    singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    version     integer NOT NULL,
+    initialized_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO pgshift.version (version) VALUES (1) ON CONFLICT (singleton) DO NOTHING;

@@ -1,0 +1,485 @@
+//! The engine: runs a migration's phases against Postgres.
+//!
+//! - `start`: record the migration and its plan, run the start steps
+//!   (expand DDL, triggers, version schema), then the backfill.
+//! - `complete`: finish the backfill if needed, then run the complete steps.
+//! - `rollback`: run the rollback steps (all idempotent) and forget the
+//!   migration.
+//!
+//! Each phase is resumable: the step cursor and the backfill marks live in
+//! the control schema, and running the same command again continues where a
+//! crashed run stopped. A session advisory lock keeps two pgshift processes
+//! off one schema.
+
+pub mod exec;
+pub mod failpoint;
+pub mod state;
+
+use crate::backfill::{self, BackfillOptions};
+use crate::error::{Error, Result};
+use crate::migration::Migration;
+use crate::plan::{self, Plan};
+use crate::progress::{self, ProgressMode};
+use crate::sql::ident;
+use exec::{Cursor, LockPolicy};
+use serde::Serialize;
+use state::{MigrationRow, Phase};
+use tokio_postgres::{Client, NoTls};
+
+/// Settings of one engine session.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The schema being migrated.
+    pub schema: String,
+    pub lock: LockPolicy,
+    pub backfill: BackfillOptions,
+    pub progress: ProgressMode,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            schema: "public".into(),
+            lock: LockPolicy::default(),
+            backfill: BackfillOptions::default(),
+            progress: ProgressMode::None,
+        }
+    }
+}
+
+/// Open a connection; the connection task runs on the current runtime.
+pub async fn connect(url: &str) -> Result<Client> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|e| Error::db(format!("cannot connect to {}", redact(url)), e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("connection closed: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub schema: String,
+    /// The newest migration, active or complete.
+    pub version: Option<String>,
+    /// "No migrations", "In progress" or "Complete" (pgroll's words).
+    pub status: String,
+    pub phase: Option<String>,
+    pub version_schema: Option<String>,
+    pub backfill: Vec<state::BackfillRow>,
+}
+
+/// A connected engine for one schema.
+pub struct Engine {
+    client: Client,
+    opts: Options,
+}
+
+impl Engine {
+    pub async fn connect(url: &str, opts: Options) -> Result<Engine> {
+        let client = connect(url).await?;
+        client
+            .query_one(
+                "SELECT set_config('application_name', 'pgshift', false)",
+                &[],
+            )
+            .await
+            .map_err(|e| Error::db("session setup", e))?;
+        client
+            .query_one(
+                "SELECT set_config('search_path', $1, false)",
+                &[&ident(&opts.schema)],
+            )
+            .await
+            .map_err(|e| Error::db("session setup", e))?;
+        Ok(Engine { client, opts })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    fn schema(&self) -> &str {
+        &self.opts.schema
+    }
+
+    /// Create the control schema (idempotent).
+    pub async fn init(&self) -> Result<()> {
+        state::init(&self.client).await
+    }
+
+    async fn previous_version_schema(&self) -> Result<(Option<String>, Option<String>)> {
+        if !state::initialized(&self.client).await? {
+            return Ok((None, None));
+        }
+        let hist = state::history(&self.client, self.schema()).await?;
+        Ok(
+            match hist.iter().rev().find(|m| m.phase == Phase::Complete) {
+                Some(m) => (Some(m.name.clone()), Some(m.version_schema.clone())),
+                None => (None, None),
+            },
+        )
+    }
+
+    /// The plan `start` would run now. Changes nothing.
+    pub async fn plan(&self, m: &Migration) -> Result<Plan> {
+        let (_, prev) = self.previous_version_schema().await?;
+        plan::plan(&self.client, m, self.schema(), prev).await
+    }
+
+    /// Start (expand + backfill), or resume a crashed start of the same file.
+    pub async fn start(&self, m: &Migration) -> Result<()> {
+        self.init().await?;
+        state::lock(&self.client, self.schema()).await?;
+        let row = match state::active(&self.client, self.schema()).await? {
+            Some(a) if a.name == m.name => {
+                if a.checksum != m.checksum {
+                    return Err(Error::state(format!(
+                        "migration {:?} is in progress with different file contents (the file changed since it started); roll it back before starting the edited file",
+                        a.name
+                    )));
+                }
+                match a.phase {
+                    Phase::Starting | Phase::Backfilling => {
+                        tracing::info!("resuming start of {:?} (phase {}, step {})", a.name, a.phase, a.step);
+                        a
+                    }
+                    Phase::Active => {
+                        tracing::info!("migration {:?} is already started; nothing to do", a.name);
+                        return Ok(());
+                    }
+                    Phase::Completing => {
+                        return Err(Error::state(format!("migration {:?} is completing; run `pgshift complete` to finish it", a.name)))
+                    }
+                    Phase::RollingBack => {
+                        return Err(Error::state(format!("migration {:?} is rolling back; run `pgshift rollback` to finish it", a.name)))
+                    }
+                    Phase::Complete => unreachable_complete(&a.name)?,
+                }
+            }
+            Some(a) => {
+                return Err(Error::state(format!(
+                    "migration {:?} is in progress on schema {:?} (phase {}); complete or roll it back before starting {:?}",
+                    a.name,
+                    self.schema(),
+                    a.phase,
+                    m.name
+                )))
+            }
+            None => {
+                let hist = state::history(&self.client, self.schema()).await?;
+                if hist.iter().any(|h| h.name == m.name) {
+                    return Err(Error::state(format!("migration {:?} is already applied to schema {:?}", m.name, self.schema())));
+                }
+                let (parent, prev) = self.previous_version_schema().await?;
+                let plan = plan::plan(&self.client, m, self.schema(), prev).await?;
+                let plan_json = serde_json::to_value(&plan).map_err(|e| Error::state(format!("cannot store plan: {e}")))?;
+                let file_json = serde_json::to_value(&m.file).map_err(|e| Error::state(format!("cannot store migration: {e}")))?;
+                state::insert(
+                    &self.client,
+                    state::NewMigration {
+                        schema: self.schema(),
+                        name: &m.name,
+                        parent: parent.as_deref(),
+                        version_schema: &plan.version_schema,
+                        contents: &m.contents,
+                        checksum: &m.checksum,
+                        migration: file_json,
+                        plan: plan_json,
+                    },
+                )
+                .await?;
+                MigrationRow {
+                    schema: self.schema().to_string(),
+                    name: m.name.clone(),
+                    parent,
+                    version_schema: plan.version_schema.clone(),
+                    checksum: m.checksum.clone(),
+                    contents: m.contents.clone(),
+                    plan,
+                    phase: Phase::Starting,
+                    step: 0,
+                }
+            }
+        };
+        self.finish_start(&row).await
+    }
+
+    async fn finish_start(&self, row: &MigrationRow) -> Result<()> {
+        if row.phase == Phase::Starting {
+            let cursor = Cursor {
+                schema: self.schema(),
+                migration: &row.name,
+                phase: Phase::Starting,
+            };
+            exec::run_steps(
+                &self.client,
+                &row.plan.start,
+                row.step,
+                &cursor,
+                &self.opts.lock,
+            )
+            .await?;
+            state::set_phase(
+                &self.client,
+                self.schema(),
+                &row.name,
+                Phase::Backfilling,
+                0,
+            )
+            .await?;
+        }
+        self.backfill(row).await?;
+        state::set_phase(&self.client, self.schema(), &row.name, Phase::Active, 0).await?;
+        tracing::info!(
+            "migration {:?} started: new version in schema {:?}; run `pgshift complete` when no client uses the old version",
+            row.name,
+            row.version_schema
+        );
+        Ok(())
+    }
+
+    async fn backfill(&self, row: &MigrationRow) -> Result<()> {
+        let mut reporter = progress::reporter(self.opts.progress);
+        for spec in &row.plan.backfills {
+            backfill::run(
+                &self.client,
+                &row.name,
+                spec,
+                &self.opts.backfill,
+                reporter.as_mut(),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Complete the active migration (contract). Returns its name.
+    pub async fn complete(&self) -> Result<String> {
+        let row = self.locked_active("complete").await?;
+        match row.phase {
+            Phase::Starting => {
+                return Err(Error::state(format!(
+                    "start of {:?} did not finish; run `pgshift start` with the same file to finish it, or `pgshift rollback`",
+                    row.name
+                )))
+            }
+            Phase::RollingBack => {
+                return Err(Error::state(format!("migration {:?} is rolling back; run `pgshift rollback` to finish it", row.name)))
+            }
+            Phase::Backfilling => {
+                self.backfill(&row).await?;
+                state::set_phase(&self.client, self.schema(), &row.name, Phase::Active, 0).await?;
+            }
+            _ => {}
+        }
+        let from = if row.phase == Phase::Completing {
+            row.step
+        } else {
+            0
+        };
+        state::set_phase(
+            &self.client,
+            self.schema(),
+            &row.name,
+            Phase::Completing,
+            from,
+        )
+        .await?;
+        let cursor = Cursor {
+            schema: self.schema(),
+            migration: &row.name,
+            phase: Phase::Completing,
+        };
+        exec::run_steps(
+            &self.client,
+            &row.plan.complete,
+            from,
+            &cursor,
+            &self.opts.lock,
+        )
+        .await?;
+        state::set_phase(&self.client, self.schema(), &row.name, Phase::Complete, 0).await?;
+        tracing::info!("migration {:?} complete", row.name);
+        Ok(row.name)
+    }
+
+    /// Roll back the active migration. Returns its name.
+    pub async fn rollback(&self) -> Result<String> {
+        let row = self.locked_active("roll back").await?;
+        if row.phase == Phase::Completing {
+            return Err(Error::state(format!(
+                "complete of {:?} has begun and cannot be undone; run `pgshift complete` to finish it",
+                row.name
+            )));
+        }
+        let from = if row.phase == Phase::RollingBack {
+            row.step
+        } else {
+            0
+        };
+        state::set_phase(
+            &self.client,
+            self.schema(),
+            &row.name,
+            Phase::RollingBack,
+            from,
+        )
+        .await?;
+        let cursor = Cursor {
+            schema: self.schema(),
+            migration: &row.name,
+            phase: Phase::RollingBack,
+        };
+        exec::run_steps(
+            &self.client,
+            &row.plan.rollback,
+            from,
+            &cursor,
+            &self.opts.lock,
+        )
+        .await?;
+        state::delete(&self.client, self.schema(), &row.name).await?;
+        tracing::info!("migration {:?} rolled back", row.name);
+        Ok(row.name)
+    }
+
+    async fn locked_active(&self, verb: &str) -> Result<MigrationRow> {
+        if !state::initialized(&self.client).await? {
+            return Err(Error::state(format!(
+                "nothing to {verb}: pgshift is not initialised in this database"
+            )));
+        }
+        state::lock(&self.client, self.schema()).await?;
+        state::active(&self.client, self.schema())
+            .await?
+            .ok_or_else(|| {
+                Error::state(format!(
+                    "nothing to {verb}: no migration is in progress on schema {:?}",
+                    self.schema()
+                ))
+            })
+    }
+
+    pub async fn status(&self) -> Result<Status> {
+        let empty = Status {
+            schema: self.schema().to_string(),
+            version: None,
+            status: "No migrations".into(),
+            phase: None,
+            version_schema: None,
+            backfill: vec![],
+        };
+        if !state::initialized(&self.client).await? {
+            return Ok(empty);
+        }
+        let Some(latest) = state::latest(&self.client, self.schema()).await? else {
+            return Ok(empty);
+        };
+        Ok(Status {
+            status: if latest.phase == Phase::Complete {
+                "Complete"
+            } else {
+                "In progress"
+            }
+            .into(),
+            backfill: state::backfills(&self.client, self.schema(), &latest.name).await?,
+            version: Some(latest.name),
+            phase: Some(latest.phase.to_string()),
+            version_schema: Some(latest.version_schema),
+            schema: self.schema().to_string(),
+        })
+    }
+
+    /// The newest migration (active or complete), if any.
+    pub async fn latest(&self) -> Result<Option<MigrationRow>> {
+        if !state::initialized(&self.client).await? {
+            return Ok(None);
+        }
+        state::latest(&self.client, self.schema()).await
+    }
+
+    /// Apply the pending files of a directory in order: each is started and
+    /// completed, except the last, which stays active unless `complete_last`.
+    /// Refuses a directory whose applied files were edited or reordered.
+    /// Returns the names started.
+    pub async fn migrate(&self, files: &[Migration], complete_last: bool) -> Result<Vec<String>> {
+        self.init().await?;
+        let hist = state::history(&self.client, self.schema()).await?;
+        for (i, h) in hist.iter().enumerate() {
+            let Some(f) = files.get(i) else {
+                return Err(Error::state(format!(
+                    "migration {:?} is applied to the database but the directory has only {} files; the directory is not this database's history",
+                    h.name,
+                    files.len()
+                )));
+            };
+            if f.name != h.name {
+                return Err(Error::state(format!(
+                    "file {} is at position {} but the database applied {:?} there; files were renamed or reordered",
+                    f.origin(),
+                    i + 1,
+                    h.name
+                )));
+            }
+            if f.checksum != h.checksum {
+                return Err(Error::state(format!(
+                    "file {} was edited after it was applied (checksum differs); restore it, or write a new migration",
+                    f.origin()
+                )));
+            }
+        }
+        let mut started = Vec::new();
+        let pending = &files[hist.len().min(files.len())..];
+        if let Some(active) = hist.iter().find(|h| h.phase != Phase::Complete) {
+            if pending.is_empty() && !complete_last {
+                tracing::info!(
+                    "migration {:?} is in progress; nothing pending",
+                    active.name
+                );
+                return Ok(started);
+            }
+            if matches!(active.phase, Phase::Starting | Phase::Backfilling) {
+                let f = &files[hist.len() - 1];
+                self.start(f).await?;
+            }
+            self.complete().await?;
+        }
+        for (i, m) in pending.iter().enumerate() {
+            self.start(m).await?;
+            started.push(m.name.clone());
+            if i + 1 < pending.len() || complete_last {
+                self.complete().await?;
+            }
+        }
+        Ok(started)
+    }
+}
+
+fn unreachable_complete(name: &str) -> Result<MigrationRow> {
+    Err(Error::state(format!(
+        "migration {name:?} is already complete"
+    )))
+}

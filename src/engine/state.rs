@@ -1,0 +1,281 @@
+//! The control schema `pgshift`: migration rows (contents, checksum, plan,
+//! phase, step cursor) and backfill progress, plus the advisory lock that
+//! keeps two pgshift processes from working on one schema at once.
+
+use crate::error::{Error, Result};
+use crate::plan::Plan;
+use std::fmt;
+use tokio_postgres::Client;
+
+const INIT_SQL: &str = include_str!("init.sql");
+/// First key of pgshift's advisory locks (`pgsh`).
+const LOCK_CLASS: i32 = 0x7067_7368;
+
+/// Where a migration is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Starting,
+    Backfilling,
+    Active,
+    Completing,
+    Complete,
+    RollingBack,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Backfilling => "backfilling",
+            Phase::Active => "active",
+            Phase::Completing => "completing",
+            Phase::Complete => "complete",
+            Phase::RollingBack => "rolling_back",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Phase> {
+        Ok(match s {
+            "starting" => Phase::Starting,
+            "backfilling" => Phase::Backfilling,
+            "active" => Phase::Active,
+            "completing" => Phase::Completing,
+            "complete" => Phase::Complete,
+            "rolling_back" => Phase::RollingBack,
+            other => {
+                return Err(Error::state(format!(
+                    "unknown phase {other:?} in pgshift.migrations"
+                )))
+            }
+        })
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One row of `pgshift.migrations`.
+#[derive(Debug, Clone)]
+pub struct MigrationRow {
+    pub schema: String,
+    pub name: String,
+    pub parent: Option<String>,
+    pub version_schema: String,
+    pub checksum: String,
+    pub contents: String,
+    pub plan: Plan,
+    pub phase: Phase,
+    pub step: usize,
+}
+
+/// Backfill progress of one table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackfillRow {
+    pub table: String,
+    pub rows_done: i64,
+    pub rows_total: i64,
+    pub batches: i64,
+    pub done: bool,
+}
+
+/// Create the control schema if needed (idempotent, serialised by a lock).
+pub async fn init(client: &Client) -> Result<()> {
+    client
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, 0); {INIT_SQL} COMMIT;"
+        ))
+        .await
+        .map_err(|e| Error::db("creating the control schema pgshift", e))
+}
+
+/// Is the control schema there?
+pub async fn initialized(client: &Client) -> Result<bool> {
+    let row = client
+        .query_one("SELECT to_regclass('pgshift.migrations') IS NOT NULL", &[])
+        .await
+        .map_err(|e| Error::db("checking the control schema", e))?;
+    Ok(row.get(0))
+}
+
+/// Take the session-level advisory lock of `schema`, or fail at once naming
+/// the process that holds it. Released when the connection closes.
+pub async fn lock(client: &Client, schema: &str) -> Result<()> {
+    let got: bool = client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))",
+            &[&LOCK_CLASS, &schema],
+        )
+        .await
+        .map_err(|e| Error::db("taking pgshift's advisory lock", e))?
+        .get(0);
+    if got {
+        return Ok(());
+    }
+    let holder = client
+        .query_opt(
+            "SELECT l.pid, coalesce(a.application_name, ''), coalesce(a.client_addr::text, 'local'),
+                    coalesce(to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS'), '')
+             FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'advisory' AND l.classid = $1::int::oid
+               AND l.objid = hashtext($2)::oid AND l.objsubid = 2 AND l.granted LIMIT 1",
+            &[&LOCK_CLASS, &schema],
+        )
+        .await
+        .ok()
+        .flatten()
+        .map(|r| {
+            let pid: i32 = r.get(0);
+            let app: String = r.get(1);
+            let addr: String = r.get(2);
+            let since: String = r.get(3);
+            format!(" (backend pid {pid}, application {app:?}, from {addr}, connected {since})")
+        })
+        .unwrap_or_default();
+    Err(Error::state(format!(
+        "another pgshift process is working on schema {schema:?}{holder}; wait for it to finish, or stop it"
+    )))
+}
+
+fn row_to_migration(r: &tokio_postgres::Row) -> Result<MigrationRow> {
+    let plan: serde_json::Value = r.get("plan");
+    let phase: String = r.get("phase");
+    let step: i32 = r.get("step");
+    Ok(MigrationRow {
+        schema: r.get("schema"),
+        name: r.get("name"),
+        parent: r.get("parent"),
+        version_schema: r.get("version_schema"),
+        checksum: r.get("checksum"),
+        contents: r.get("contents"),
+        plan: serde_json::from_value(plan).map_err(|e| {
+            Error::state(format!(
+                "stored plan cannot be read (written by another pgshift version?): {e}"
+            ))
+        })?,
+        phase: Phase::parse(&phase)?,
+        step: usize::try_from(step).unwrap_or(0),
+    })
+}
+
+const COLUMNS: &str =
+    "schema::text AS schema, name, parent, version_schema, checksum, contents, plan, phase, step";
+
+/// The migration in progress on `schema`, if any.
+pub async fn active(client: &Client, schema: &str) -> Result<Option<MigrationRow>> {
+    let row = client
+        .query_opt(
+            &format!("SELECT {COLUMNS} FROM pgshift.migrations WHERE schema = $1 AND phase <> 'complete'"),
+            &[&schema],
+        )
+        .await
+        .map_err(|e| Error::db("reading pgshift.migrations", e))?;
+    row.as_ref().map(row_to_migration).transpose()
+}
+
+/// Every migration of `schema`, oldest first.
+pub async fn history(client: &Client, schema: &str) -> Result<Vec<MigrationRow>> {
+    let rows = client
+        .query(
+            &format!("SELECT {COLUMNS} FROM pgshift.migrations WHERE schema = $1 ORDER BY created_at, name"),
+            &[&schema],
+        )
+        .await
+        .map_err(|e| Error::db("reading pgshift.migrations", e))?;
+    rows.iter().map(row_to_migration).collect()
+}
+
+/// The newest migration (active or complete).
+pub async fn latest(client: &Client, schema: &str) -> Result<Option<MigrationRow>> {
+    Ok(history(client, schema).await?.pop())
+}
+
+pub struct NewMigration<'a> {
+    pub schema: &'a str,
+    pub name: &'a str,
+    pub parent: Option<&'a str>,
+    pub version_schema: &'a str,
+    pub contents: &'a str,
+    pub checksum: &'a str,
+    pub migration: serde_json::Value,
+    pub plan: serde_json::Value,
+}
+
+pub async fn insert(client: &Client, m: NewMigration<'_>) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO pgshift.migrations (schema, name, parent, version_schema, contents, checksum, migration, plan, phase)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'starting')",
+            &[&m.schema, &m.name, &m.parent, &m.version_schema, &m.contents, &m.checksum, &m.migration, &m.plan],
+        )
+        .await
+        .map_err(|e| Error::db(format!("recording migration {:?}", m.name), e))?;
+    Ok(())
+}
+
+/// Move a migration to `phase` with step cursor `step`.
+pub async fn set_phase(
+    client: &Client,
+    schema: &str,
+    name: &str,
+    phase: Phase,
+    step: usize,
+) -> Result<()> {
+    let step = i32::try_from(step).unwrap_or(i32::MAX);
+    let extra = match phase {
+        Phase::Active => ", backfilled_at = coalesce(backfilled_at, now())",
+        Phase::Complete => ", completed_at = now()",
+        _ => "",
+    };
+    client
+        .execute(
+            &format!("UPDATE pgshift.migrations SET phase = $3, step = $4, updated_at = now(){extra} WHERE schema = $1 AND name = $2"),
+            &[&schema, &name, &phase.as_str(), &step],
+        )
+        .await
+        .map_err(|e| Error::db(format!("recording phase {phase} of {name:?}"), e))?;
+    Ok(())
+}
+
+/// SQL that advances the step cursor; run inside each step's transaction.
+pub const ADVANCE_STEP_SQL: &str =
+    "UPDATE pgshift.migrations SET step = $3, updated_at = now() WHERE schema = $1 AND name = $2";
+
+pub async fn delete(client: &Client, schema: &str, name: &str) -> Result<()> {
+    client
+        .execute(
+            "DELETE FROM pgshift.migrations WHERE schema = $1 AND name = $2",
+            &[&schema, &name],
+        )
+        .await
+        .map_err(|e| {
+            Error::db(
+                format!("removing migration {name:?} from pgshift.migrations"),
+                e,
+            )
+        })?;
+    Ok(())
+}
+
+pub async fn backfills(client: &Client, schema: &str, name: &str) -> Result<Vec<BackfillRow>> {
+    let rows = client
+        .query(
+            "SELECT table_name, rows_done, rows_total, batches, done FROM pgshift.backfills
+             WHERE schema = $1 AND migration = $2 ORDER BY table_name",
+            &[&schema, &name],
+        )
+        .await
+        .map_err(|e| Error::db("reading pgshift.backfills", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| BackfillRow {
+            table: r.get(0),
+            rows_done: r.get(1),
+            rows_total: r.get(2),
+            batches: r.get(3),
+            done: r.get(4),
+        })
+        .collect())
+}

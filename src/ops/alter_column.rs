@@ -1,0 +1,334 @@
+//! `alter_column`: the column is duplicated under a temporary name with the
+//! new type, nullability, default, comment and constraints; `up` fills the
+//! copy from old-side writes and existing rows, `down` fills the original
+//! from new-side writes. The copy carries the original's checks, foreign keys
+//! and indexes (built concurrently). Complete validates, drops the original
+//! and renames the copy into place in one short transaction.
+//!
+//! A comment-only change needs no copy: comments are metadata and are set
+//! at start.
+
+use super::{check_ident, comment_sql, fk_clause, temp_column};
+use crate::error::Result;
+use crate::migration::format::AlterColumn;
+use crate::plan::triggers::clean_expr;
+use crate::plan::{Action, Assign, Planner, Stage, Step, PREFIX};
+use crate::sql::{bounded_name, ident, rewrite_column_refs};
+
+pub async fn plan(op: &AlterColumn, p: &mut Planner<'_>) -> Result<()> {
+    if op.name.is_some() {
+        return Err(p.err(
+            "name",
+            "renaming through alter_column was removed from the format; use rename_column",
+        ));
+    }
+    let table = p.table("table", &op.table)?.clone();
+    let col = table
+        .column(&op.column)
+        .ok_or_else(|| {
+            p.err(
+                "column",
+                format!(
+                    "column {:?} does not exist on table {:?}",
+                    op.column, op.table
+                ),
+            )
+        })?
+        .clone();
+    let changes_shape = op.type_.is_some()
+        || op.nullable.is_some()
+        || op.default.is_some()
+        || op.check.is_some()
+        || op.references.is_some()
+        || op.unique.is_some();
+    if !changes_shape && op.comment.is_none() {
+        return Err(p.err(
+            "",
+            "no change given: set at least one of type, nullable, default, comment, check, references, unique",
+        ));
+    }
+    if col.physical.starts_with(PREFIX) {
+        return Err(p.err(
+            "column",
+            "this column is already added or changed by an earlier operation of this migration; combine the changes into one operation",
+        ));
+    }
+    let t = p.q(&table.physical);
+    let base_table = p.base.tables.get(&table.physical);
+    let base_col = base_table.and_then(|b| b.column(&col.physical)).cloned();
+
+    if !changes_shape {
+        // Comment only: metadata, set at start and restored on rollback.
+        let comment = op.comment.clone().flatten();
+        p.start.push(Step::sql(
+            format!("comment on {}.{}", op.table, op.column),
+            comment_sql(p, &table.physical, &col.physical, comment.as_deref()),
+        ));
+        let previous = base_col.as_ref().and_then(|c| c.comment.clone());
+        p.rollback.push(
+            Step::sql(
+                format!("restore comment on {}.{}", op.table, op.column),
+                comment_sql(p, &table.physical, &col.physical, previous.as_deref()),
+            )
+            .guarded(p.column_exists_guard(&table.physical, &col.physical)),
+        );
+        return Ok(());
+    }
+    if let Some(b) = base_table {
+        if b.primary_key.contains(&col.physical) {
+            return Err(p.err(
+                "column",
+                format!(
+                    "column {:?} is part of the primary key; changing key columns is not supported",
+                    op.column
+                ),
+            ));
+        }
+    }
+    if base_col.as_ref().is_some_and(|c| c.identity_or_generated) {
+        return Err(p.err(
+            "column",
+            format!(
+                "column {:?} is an identity or generated column and cannot be duplicated",
+                op.column
+            ),
+        ));
+    }
+
+    let type_changed = op.type_.is_some();
+    let new_type = op.type_.clone().unwrap_or_else(|| col.type_sql.clone());
+    let temp = temp_column(&col.name);
+    let up = match op.up.as_deref().map(clean_expr).filter(|u| !u.is_empty()) {
+        Some(u) => u,
+        None if type_changed => {
+            return Err(p.err(
+                "up",
+                "`up` is required when changing the type: how old values become new ones",
+            ))
+        }
+        None => ident(&col.physical),
+    };
+    let down = match op.down.as_deref().map(clean_expr).filter(|d| !d.is_empty()) {
+        Some(d) => d,
+        None if type_changed => {
+            return Err(p.err(
+                "down",
+                "`down` is required when changing the type: how new values become old ones",
+            ))
+        }
+        None => ident(&col.name),
+    };
+    let default = match &op.default {
+        Some(d) => d.clone(),
+        None => base_col.as_ref().and_then(|c| c.default.clone()),
+    };
+    let nullable = op.nullable.unwrap_or(col.nullable);
+    let comment = match &op.comment {
+        Some(c) => c.clone(),
+        None => base_col.as_ref().and_then(|c| c.comment.clone()),
+    };
+
+    let mut stmts = vec![format!(
+        "ALTER TABLE {t} ADD COLUMN {} {new_type}",
+        ident(&temp)
+    )];
+    if let Some(d) = &default {
+        // Set separately so adding the column never rewrites the table.
+        stmts.push(format!(
+            "ALTER TABLE {t} ALTER COLUMN {} SET DEFAULT {d}",
+            ident(&temp)
+        ));
+    }
+    if let Some(c) = &comment {
+        stmts.push(comment_sql(p, &table.physical, &temp, Some(c)));
+    }
+    let validate = |p: &mut Planner<'_>, name: &str| {
+        let step = Step::sql(
+            format!("validate {name} on {}.{}", op.table, op.column),
+            format!("ALTER TABLE {t} VALIDATE CONSTRAINT {}", ident(name)),
+        )
+        .on_table(&p.schema, &table.physical);
+        p.complete_at(Stage::Validate, step);
+    };
+    if !nullable {
+        let nn = bounded_name("_pgshift_nn_", &col.name);
+        stmts.push(format!(
+            "ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID",
+            ident(&nn),
+            ident(&temp)
+        ));
+        validate(p, &nn);
+        p.cutover_post.push((
+            table.physical.clone(),
+            format!(
+                "ALTER TABLE {t} ALTER COLUMN {} SET NOT NULL",
+                ident(&col.name)
+            ),
+        ));
+        p.cutover_post.push((
+            table.physical.clone(),
+            format!("ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {}", ident(&nn)),
+        ));
+    }
+    if let Some(chk) = &op.check {
+        check_ident(p, "check.name", &chk.name)?;
+        let expr = rewrite_column_refs(&chk.constraint, &col.name, &temp);
+        stmts.push(format!(
+            "ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({expr}){} NOT VALID",
+            ident(&chk.name),
+            if chk.no_inherit { " NO INHERIT" } else { "" }
+        ));
+        validate(p, &chk.name);
+    }
+    if let Some(r) = &op.references {
+        check_ident(p, "references.name", &r.name)?;
+        stmts.push(format!(
+            "ALTER TABLE {t} ADD CONSTRAINT {} FOREIGN KEY ({}) {} NOT VALID",
+            ident(&r.name),
+            ident(&temp),
+            fk_clause(p, "references", r)?
+        ));
+        validate(p, &r.name);
+    }
+    // Carry the original's single-column checks and foreign keys over.
+    if let Some(b) = base_table {
+        for con in b
+            .constraints
+            .iter()
+            .filter(|c| c.columns == [col.physical.clone()])
+        {
+            let copy = bounded_name("_pgshift_c_", &con.name);
+            let def = match con.kind {
+                'c' => rewrite_column_refs(&con.definition, &col.physical, &temp),
+                'f' => match con.definition.split_once(" REFERENCES ") {
+                    Some((head, tail)) => format!(
+                        "{} REFERENCES {tail}",
+                        rewrite_column_refs(head, &col.physical, &temp)
+                    ),
+                    None => continue,
+                },
+                _ => continue,
+            };
+            let def = def.trim_end_matches(" NOT VALID").to_string();
+            stmts.push(format!(
+                "ALTER TABLE {t} ADD CONSTRAINT {} {def} NOT VALID",
+                ident(&copy)
+            ));
+            validate(p, &copy);
+            p.cutover_post.push((
+                table.physical.clone(),
+                format!(
+                    "ALTER TABLE {t} RENAME CONSTRAINT {} TO {}",
+                    ident(&copy),
+                    ident(&con.name)
+                ),
+            ));
+        }
+    }
+    p.start.push(
+        Step::sql(
+            format!("add column {temp} for {}.{}", op.table, op.column),
+            stmts.join(";\n"),
+        )
+        .on_table(&p.schema, &table.physical),
+    );
+    // Carry the original's indexes over (built concurrently on the copy).
+    if let Some(b) = base_table {
+        for idx in b.indexes.iter().filter(|i| !i.primary) {
+            let keys: Vec<String> = idx
+                .key_defs
+                .iter()
+                .map(|k| rewrite_column_refs(k, &col.physical, &temp))
+                .collect();
+            let pred = idx
+                .predicate
+                .as_ref()
+                .map(|w| rewrite_column_refs(w, &col.physical, &temp));
+            if keys == idx.key_defs && pred == idx.predicate {
+                continue;
+            }
+            let copy = bounded_name("_pgshift_i_", &idx.name);
+            let mut sql = format!(
+                "CREATE {}INDEX CONCURRENTLY IF NOT EXISTS {} ON {t} USING {} ({})",
+                if idx.unique { "UNIQUE " } else { "" },
+                ident(&copy),
+                ident(&idx.method),
+                keys.join(", ")
+            );
+            if let Some(w) = pred {
+                sql.push_str(&format!(" WHERE {w}"));
+            }
+            p.start.push(Step {
+                describe: format!("copy index {} onto {temp}", idx.name),
+                action: Action::CreateIndex {
+                    sql,
+                    schema: p.schema.clone(),
+                    index: copy.clone(),
+                },
+                lock_table: Some((p.schema.clone(), table.physical.clone())),
+            });
+            let attach = match &idx.constraint {
+                Some(con) => format!(
+                    "ALTER TABLE {t} ADD CONSTRAINT {} UNIQUE USING INDEX {}",
+                    ident(con),
+                    ident(&copy)
+                ),
+                None => format!("ALTER INDEX {} RENAME TO {}", p.q(&copy), ident(&idx.name)),
+            };
+            p.cutover_post.push((table.physical.clone(), attach));
+        }
+    }
+    if let Some(u) = &op.unique {
+        check_ident(p, "unique.name", &u.name)?;
+        let idx = bounded_name("_pgshift_uq_", &u.name);
+        p.start.push(Step {
+            describe: format!(
+                "build unique index {} for {}.{}",
+                u.name, op.table, op.column
+            ),
+            action: Action::CreateIndex {
+                sql: format!(
+                    "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {} ON {t} ({})",
+                    ident(&idx),
+                    ident(&temp)
+                ),
+                schema: p.schema.clone(),
+                index: idx.clone(),
+            },
+            lock_table: Some((p.schema.clone(), table.physical.clone())),
+        });
+        p.cutover_post.push((
+            table.physical.clone(),
+            format!(
+                "ALTER TABLE {t} ADD CONSTRAINT {} UNIQUE USING INDEX {}",
+                ident(&u.name),
+                ident(&idx)
+            ),
+        ));
+    }
+
+    let tr = p.trigger(&table.physical);
+    tr.up.push(Assign {
+        target: temp.clone(),
+        expr: up,
+    });
+    tr.down.push(Assign {
+        target: col.physical.clone(),
+        expr: down,
+    });
+    p.rollback.push(
+        Step::sql(
+            format!("drop column {temp} from {}", op.table),
+            format!("ALTER TABLE {t} DROP COLUMN IF EXISTS {}", ident(&temp)),
+        )
+        .guarded(p.relation_exists_guard(&table.physical))
+        .on_table(&p.schema, &table.physical),
+    );
+    let vt = p.table_mut("table", &op.table)?;
+    if let Some(c) = vt.column_mut(&op.column) {
+        c.physical = temp;
+        c.type_sql = new_type;
+        c.nullable = nullable;
+    }
+    Ok(())
+}

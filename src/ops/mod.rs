@@ -1,0 +1,185 @@
+//! One file per migration operation. Each `plan` function validates the
+//! operation against the model of the new version, updates the model, and
+//! adds its steps to the planner.
+
+mod add_column;
+mod alter_column;
+mod create_index;
+mod create_table;
+mod drop_column;
+mod drop_index;
+mod drop_table;
+mod raw_sql;
+mod rename_column;
+mod rename_table;
+
+use crate::error::Result;
+use crate::migration::format::{Column, ForeignKeyReference};
+use crate::migration::Operation;
+use crate::plan::{Planner, PREFIX};
+use crate::sql::{bounded_name, ident, literal};
+
+/// Plan one operation.
+pub async fn plan(op: &Operation, p: &mut Planner<'_>) -> Result<()> {
+    match op {
+        Operation::CreateTable(o) => create_table::plan(o, p),
+        Operation::AddColumn(o) => add_column::plan(o, p).await,
+        Operation::DropColumn(o) => drop_column::plan(o, p),
+        Operation::RenameColumn(o) => rename_column::plan(o, p),
+        Operation::AlterColumn(o) => alter_column::plan(o, p).await,
+        Operation::CreateIndex(o) => create_index::plan(o, p),
+        Operation::DropIndex(o) => drop_index::plan(o, p),
+        Operation::RenameTable(o) => rename_table::plan(o, p),
+        Operation::DropTable(o) => drop_table::plan(o, p),
+        Operation::Sql(o) => raw_sql::plan(o, p),
+        other => Err(p.err(
+            "",
+            format!(
+                "operation `{}` is not supported yet by pgshift (it parses, but cannot be planned)",
+                other.kind()
+            ),
+        )),
+    }
+}
+
+/// The temporary physical name of a column being added or changed.
+pub fn temp_column(name: &str) -> String {
+    bounded_name("_pgshift_new_", name)
+}
+
+/// Check a name from the file: a valid identifier, not in pgshift's namespace.
+pub fn check_ident(p: &Planner<'_>, field: &str, name: &str) -> Result<()> {
+    crate::migration::check_name(name).map_err(|e| p.err(field, e))?;
+    if name.starts_with(PREFIX) {
+        return Err(p.err(
+            field,
+            format!("names starting with {PREFIX:?} are reserved for pgshift"),
+        ));
+    }
+    Ok(())
+}
+
+/// Map `serial` pseudo-types to their storage type for a duplicated column.
+pub fn storage_type(type_sql: &str) -> String {
+    match type_sql.trim().to_lowercase().as_str() {
+        "serial" | "serial4" => "integer".into(),
+        "bigserial" | "serial8" => "bigint".into(),
+        "smallserial" | "serial2" => "smallint".into(),
+        _ => type_sql.to_string(),
+    }
+}
+
+/// `REFERENCES "s"."t" ("c") MATCH ... ON DELETE ... ON UPDATE ...` for a
+/// column-level foreign key; the referenced table is resolved through the model.
+pub fn fk_clause(p: &Planner<'_>, field: &str, r: &ForeignKeyReference) -> Result<String> {
+    let target = p.table(&format!("{field}.table"), &r.table)?;
+    let col = target.column(&r.column).ok_or_else(|| {
+        p.err(
+            &format!("{field}.column"),
+            format!(
+                "column {:?} does not exist on table {:?}",
+                r.column, r.table
+            ),
+        )
+    })?;
+    let mut s = format!(
+        "REFERENCES {} ({})",
+        p.q(&target.physical),
+        ident(&col.physical)
+    );
+    if let Some(m) = r.match_type {
+        s.push_str(&format!(" MATCH {}", m.sql()));
+    }
+    if let Some(a) = r.on_delete {
+        s.push_str(&format!(" ON DELETE {}", a.sql()));
+    }
+    if let Some(a) = r.on_update {
+        s.push_str(&format!(" ON UPDATE {}", a.sql()));
+    }
+    if r.deferrable {
+        s.push_str(" DEFERRABLE");
+        if r.initially_deferred {
+            s.push_str(" INITIALLY DEFERRED");
+        }
+    }
+    Ok(s)
+}
+
+/// A full column definition for `CREATE TABLE` (or `ADD COLUMN` on a table
+/// created in the same migration, which has no rows and no old side).
+pub fn column_definition(
+    p: &Planner<'_>,
+    field: &str,
+    c: &Column,
+    inline_pk: bool,
+) -> Result<String> {
+    check_ident(p, &format!("{field}.name"), &c.name)?;
+    let mut s = format!("{} {}", ident(&c.name), c.type_);
+    if let Some(g) = &c.generated {
+        match (&g.expression, &g.identity) {
+            (Some(e), None) => s.push_str(&format!(" GENERATED ALWAYS AS ({e}) STORED")),
+            (None, Some(id)) => {
+                let how = match id.user_specified_values {
+                    Some(crate::migration::format::UserSpecifiedValues::ByDefault) => "BY DEFAULT",
+                    _ => "ALWAYS",
+                };
+                s.push_str(&format!(" GENERATED {how} AS IDENTITY"));
+                if let Some(o) = id
+                    .sequence_options
+                    .as_deref()
+                    .filter(|o| !o.trim().is_empty())
+                {
+                    s.push_str(&format!(" ({o})"));
+                }
+            }
+            _ => {
+                return Err(p.err(
+                    &format!("{field}.generated"),
+                    "give exactly one of `expression` or `identity`",
+                ))
+            }
+        }
+    }
+    if !c.nullable && !c.pk {
+        s.push_str(" NOT NULL");
+    }
+    if let Some(d) = &c.default {
+        s.push_str(&format!(" DEFAULT {d}"));
+    }
+    if c.pk && inline_pk {
+        s.push_str(" PRIMARY KEY");
+    }
+    if c.unique {
+        s.push_str(" UNIQUE");
+    }
+    if let Some(chk) = &c.check {
+        check_ident(p, &format!("{field}.check.name"), &chk.name)?;
+        s.push_str(&format!(
+            " CONSTRAINT {} CHECK ({})",
+            ident(&chk.name),
+            chk.constraint
+        ));
+        if chk.no_inherit {
+            s.push_str(" NO INHERIT");
+        }
+    }
+    if let Some(r) = &c.references {
+        check_ident(p, &format!("{field}.references.name"), &r.name)?;
+        s.push_str(&format!(
+            " CONSTRAINT {} {}",
+            ident(&r.name),
+            fk_clause(p, &format!("{field}.references"), r)?
+        ));
+    }
+    Ok(s)
+}
+
+/// `COMMENT ON COLUMN` for a physical column.
+pub fn comment_sql(p: &Planner<'_>, table: &str, column: &str, comment: Option<&str>) -> String {
+    format!(
+        "COMMENT ON COLUMN {}.{} IS {}",
+        p.q(table),
+        ident(column),
+        comment.map(literal).unwrap_or_else(|| "NULL".into())
+    )
+}

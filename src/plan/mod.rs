@@ -1,0 +1,504 @@
+//! Planning: turn a migration into the exact steps of each phase.
+//!
+//! The planner reads the physical schema once, replays the operations on a
+//! model of the new version (virtual table and column names mapped to
+//! physical ones), and emits:
+//! - `start` steps (expand DDL, dual-write triggers, the version schema),
+//! - backfill specs (what the copier computes, table by table),
+//! - `complete` steps (validate, then one short cut-over transaction per
+//!   table, then table renames and drops),
+//! - `rollback` steps, each idempotent so rollback works from any point.
+//!
+//! The plan is stored with the migration in the control schema, so resuming
+//! after a crash runs exactly what was planned.
+
+pub mod model;
+pub mod triggers;
+pub mod views;
+
+use crate::error::{Error, Result};
+use crate::migration::{Migration, Operation};
+use crate::ops;
+use crate::schema::Schema;
+use crate::sql::{ident, literal, qualified};
+use model::{Model, VTable};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+
+pub use triggers::{Assign, TriggerSpec};
+pub use views::ViewSpec;
+
+/// Prefix of every object pgshift creates inside user schemas.
+pub const PREFIX: &str = "_pgshift_";
+/// The column that marks rows the copier has not yet visited.
+pub const NEEDS_BACKFILL: &str = "_pgshift_needs_backfill";
+/// The session setting that identifies the copier (its writes skip triggers).
+pub const COPIER_SETTING: &str = "pgshift.copier";
+/// The session setting that names a session's schema version.
+pub const VERSION_SETTING: &str = "pgshift.version";
+/// The control schema.
+pub const CONTROL_SCHEMA: &str = "pgshift";
+
+/// What one step does.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Action {
+    /// SQL run in one transaction with the step's progress mark, or alone
+    /// when it cannot run in a transaction (CONCURRENTLY). When `guard` is
+    /// set, the step runs only if that query returns true.
+    Sql {
+        sql: String,
+        transactional: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        guard: Option<String>,
+    },
+    /// `CREATE INDEX CONCURRENTLY IF NOT EXISTS`: an INVALID leftover of a
+    /// failed build is dropped first, and the result is checked for validity.
+    CreateIndex {
+        sql: String,
+        schema: String,
+        index: String,
+    },
+    /// (Re)create the version schema and its views.
+    Views(ViewSpec),
+}
+
+/// One step of a phase.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Step {
+    /// Human description for logs and errors.
+    pub describe: String,
+    #[serde(flatten)]
+    pub action: Action,
+    /// The table whose lock the step takes (schema, name), to report blockers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_table: Option<(String, String)>,
+}
+
+impl Step {
+    pub fn sql(describe: impl Into<String>, sql: impl Into<String>) -> Step {
+        Step {
+            describe: describe.into(),
+            action: Action::Sql {
+                sql: sql.into(),
+                transactional: true,
+                guard: None,
+            },
+            lock_table: None,
+        }
+    }
+
+    pub fn non_transactional(describe: impl Into<String>, sql: impl Into<String>) -> Step {
+        let mut s = Step::sql(describe, sql);
+        if let Action::Sql { transactional, .. } = &mut s.action {
+            *transactional = false;
+        }
+        s
+    }
+
+    pub fn guarded(mut self, guard: impl Into<String>) -> Step {
+        if let Action::Sql { guard: g, .. } = &mut self.action {
+            *g = Some(guard.into());
+        }
+        self
+    }
+
+    pub fn on_table(mut self, schema: &str, table: &str) -> Step {
+        self.lock_table = Some((schema.to_string(), table.to_string()));
+        self
+    }
+
+    /// The SQL this step runs, for `plan` and logs.
+    pub fn render(&self) -> String {
+        match &self.action {
+            Action::Sql { sql, guard, .. } => match guard {
+                Some(g) => format!("-- only if: {g}\n{sql}"),
+                None => sql.clone(),
+            },
+            Action::CreateIndex { sql, .. } => sql.clone(),
+            Action::Views(v) => v.render_planned(),
+        }
+    }
+}
+
+/// What the copier does for one table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackfillSpec {
+    pub schema: String,
+    /// Physical table name during the migration.
+    pub table: String,
+    /// Key columns walked in order (primary key or unique NOT NULL).
+    pub key: Vec<String>,
+    /// Types of the key columns (`format_type`), to cast stored key text.
+    pub key_types: Vec<String>,
+    /// `SET target = (expr)` pairs, computed from the old-side columns.
+    pub sets: Vec<Assign>,
+}
+
+/// The complete plan of a migration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Plan {
+    pub schema: String,
+    pub version_schema: String,
+    /// The version schema of the previous migration, dropped at complete.
+    pub previous_version_schema: Option<String>,
+    pub start: Vec<Step>,
+    pub backfills: Vec<BackfillSpec>,
+    pub complete: Vec<Step>,
+    pub rollback: Vec<Step>,
+}
+
+/// The order in which complete steps run; steps keep their order within a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Drop the previous version schema.
+    DropPrevious = 0,
+    /// Validate constraints added NOT VALID (long, but blocks no writes).
+    Validate = 1,
+    /// Per table, one short transaction: drop triggers and old columns,
+    /// rename new columns into place, set NOT NULL, attach unique indexes.
+    Cutover = 2,
+    /// Table renames and drops.
+    Tables = 3,
+    /// Everything else (DROP INDEX CONCURRENTLY, `onComplete` SQL).
+    Last = 4,
+}
+
+/// Planning state shared by the operations.
+pub struct Planner<'a> {
+    pub client: &'a Client,
+    pub migration: &'a Migration,
+    pub schema: String,
+    pub version_schema: String,
+    pub base: &'a Schema,
+    pub model: Model,
+    pub start: Vec<Step>,
+    pub complete: Vec<(Stage, Step)>,
+    /// Statements run inside each table's cut-over transaction, after the
+    /// column renames, keyed by physical table name.
+    pub cutover_post: Vec<(String, String)>,
+    pub rollback: Vec<Step>,
+    pub triggers: Vec<TriggerSpec>,
+    /// Index of the operation being planned, for error messages.
+    pub op_index: usize,
+    pub op_kind: &'static str,
+    /// A `sql` operation ran: the version schema must include tables it made.
+    pub has_raw_sql: bool,
+}
+
+impl<'a> Planner<'a> {
+    /// An error about the current operation, naming file, index and field.
+    pub fn err(&self, field: &str, msg: impl std::fmt::Display) -> Error {
+        let at = if field.is_empty() {
+            String::new()
+        } else {
+            format!(", field `{field}`")
+        };
+        Error::invalid(format!(
+            "{}: operations[{}] ({}){at}: {msg}",
+            self.migration.origin(),
+            self.op_index,
+            self.op_kind
+        ))
+    }
+
+    /// Quoted `"schema"."name"`.
+    pub fn q(&self, name: &str) -> String {
+        qualified(&self.schema, name)
+    }
+
+    /// The table named `name` in the new version, or an error naming `field`.
+    pub fn table(&self, field: &str, name: &str) -> Result<&VTable> {
+        self.model.table(name).ok_or_else(|| {
+            self.err(
+                field,
+                format!("table {name:?} does not exist in schema {:?}", self.schema),
+            )
+        })
+    }
+
+    pub fn table_mut(&mut self, field: &str, name: &str) -> Result<&mut VTable> {
+        let err = self.err(
+            field,
+            format!("table {name:?} does not exist in schema {:?}", self.schema),
+        );
+        self.model.table_mut(name).ok_or(err)
+    }
+
+    /// The trigger spec of physical table `table`, created on first use.
+    pub fn trigger(&mut self, table: &str) -> &mut TriggerSpec {
+        if let Some(i) = self.triggers.iter().position(|t| t.table == table) {
+            return &mut self.triggers[i];
+        }
+        self.triggers.push(TriggerSpec::new(&self.schema, table));
+        let last = self.triggers.len() - 1;
+        &mut self.triggers[last]
+    }
+
+    pub fn complete_at(&mut self, stage: Stage, step: Step) {
+        self.complete.push((stage, step));
+    }
+
+    /// A guard: true when `column` exists on physical table `table`.
+    pub fn column_exists_guard(&self, table: &str, column: &str) -> String {
+        format!(
+            "EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass({}) AND attname = {} AND NOT attisdropped)",
+            literal(&self.q(table)),
+            literal(column)
+        )
+    }
+
+    /// A guard: true when relation `name` exists in the schema.
+    pub fn relation_exists_guard(&self, name: &str) -> String {
+        format!("to_regclass({}) IS NOT NULL", literal(&self.q(name)))
+    }
+}
+
+/// Name of the version schema of `migration` on `schema`.
+pub fn version_schema_name(schema: &str, migration: &Migration) -> Result<String> {
+    let name = format!("{schema}_{}", migration.version_suffix());
+    crate::migration::check_name(&name).map_err(|e| {
+        Error::invalid(format!(
+            "{}: the version schema name {e}; set a shorter `version_schema`",
+            migration.origin()
+        ))
+    })?;
+    Ok(name)
+}
+
+/// Plan `migration` against the live schema. Reads the catalog (and probes
+/// default volatility in rolled-back transactions); changes nothing.
+pub async fn plan(
+    client: &Client,
+    migration: &Migration,
+    schema: &str,
+    previous_version_schema: Option<String>,
+) -> Result<Plan> {
+    if schema == CONTROL_SCHEMA {
+        return Err(Error::config(format!(
+            "schema {CONTROL_SCHEMA:?} is pgshift's control schema; migrate another schema"
+        )));
+    }
+    if !crate::schema::schema_exists(client, schema).await? {
+        return Err(Error::invalid(format!("schema {schema:?} does not exist")));
+    }
+    let base = crate::schema::introspect(client, schema).await?;
+    let version_schema = version_schema_name(schema, migration)?;
+    let mut p = Planner {
+        client,
+        migration,
+        schema: schema.to_string(),
+        version_schema: version_schema.clone(),
+        base: &base,
+        model: Model::from_schema(&base),
+        start: vec![],
+        complete: vec![],
+        cutover_post: vec![],
+        rollback: vec![],
+        triggers: vec![],
+        op_index: 0,
+        op_kind: "",
+        has_raw_sql: false,
+    };
+    let ops_list = &migration.file.operations;
+    for (i, op) in ops_list.iter().enumerate() {
+        p.op_index = i;
+        p.op_kind = op.kind();
+        if let Operation::Sql(s) = op {
+            if !s.on_complete && ops_list.len() > 1 {
+                return Err(p.err(
+                    "",
+                    "a `sql` operation must be the only operation of its migration (unless `onComplete: true`), because pgshift cannot see what it changes",
+                ));
+            }
+        }
+        ops::plan(op, &mut p).await?;
+    }
+    finish(p, previous_version_schema)
+}
+
+/// Add the per-table machinery (triggers, cut-over, version schema) and
+/// order the phases.
+fn finish(mut p: Planner<'_>, previous_version_schema: Option<String>) -> Result<Plan> {
+    let schema = p.schema.clone();
+    let mut backfills = Vec::new();
+
+    // Dual-write triggers, one per table, installed with the marker column in
+    // one transaction so no row is written between them without the trigger.
+    let triggers = std::mem::take(&mut p.triggers);
+    for t in &triggers {
+        let table = p
+            .model
+            .by_physical(&t.table)
+            .ok_or_else(|| {
+                Error::invalid(format!("internal: no table {:?} in the model", t.table))
+            })?
+            .clone();
+        let base_table = p.base.tables.get(&t.table);
+        let needs_backfill = !t.up.is_empty();
+        if needs_backfill {
+            let key = base_table.and_then(|b| b.backfill_key()).ok_or_else(|| {
+                Error::invalid(format!(
+                    "{}: table {:?} has no primary key and no unique index over NOT NULL columns; pgshift needs one to backfill it in batches (add a primary key first)",
+                    p.migration.origin(),
+                    table.name
+                ))
+            })?;
+            let key_types = key
+                .iter()
+                .map(|k| {
+                    base_table
+                        .and_then(|b| b.column(k))
+                        .map(|c| c.type_sql.clone())
+                        .unwrap_or_else(|| "text".into())
+                })
+                .collect();
+            backfills.push(BackfillSpec {
+                schema: schema.clone(),
+                table: t.table.clone(),
+                key,
+                key_types,
+                sets: t.up.clone(),
+            });
+        }
+        let body = triggers::install_sql(t, &table, base_table, &p.version_schema, needs_backfill);
+        p.start.push(
+            Step::sql(format!("install dual-write trigger on {}", t.table), body)
+                .on_table(&schema, &t.table),
+        );
+        p.rollback.insert(
+            0,
+            Step::sql(
+                format!("remove dual-write trigger from {}", t.table),
+                triggers::remove_sql(t, true),
+            )
+            .guarded(p.relation_exists_guard(&t.table))
+            .on_table(&schema, &t.table),
+        );
+    }
+
+    // Cut-over: per physical table, one transaction.
+    let mut cut_tables: Vec<String> = triggers.iter().map(|t| t.table.clone()).collect();
+    for t in p.model.tables.iter() {
+        if !t.created && !cut_tables.contains(&t.physical) && t.needs_cutover(p.base) {
+            cut_tables.push(t.physical.clone());
+        }
+    }
+    for (tbl, _) in &p.cutover_post {
+        if !cut_tables.contains(tbl) {
+            cut_tables.push(tbl.clone());
+        }
+    }
+    for tbl in cut_tables {
+        let mut stmts = Vec::new();
+        if let Some(t) = triggers.iter().find(|t| t.table == tbl) {
+            stmts.push(triggers::remove_sql(t, !t.up.is_empty()));
+        }
+        if let Some(vt) = p.model.by_physical(&tbl) {
+            if !vt.created {
+                stmts.extend(vt.cutover_columns(&schema, p.base));
+            }
+        }
+        stmts.extend(
+            p.cutover_post
+                .iter()
+                .filter(|(t, _)| *t == tbl)
+                .map(|(_, s)| s.clone()),
+        );
+        if !stmts.is_empty() {
+            p.complete_at(
+                Stage::Cutover,
+                Step::sql(format!("cut over table {tbl}"), stmts.join(";\n"))
+                    .on_table(&schema, &tbl),
+            );
+        }
+    }
+
+    // The version schema: created last at start, dropped first at rollback.
+    let spec = views::ViewSpec::from_model(&p);
+    p.start.push(Step {
+        describe: format!("create version schema {}", p.version_schema),
+        action: Action::Views(spec.clone()),
+        lock_table: None,
+    });
+    p.rollback.insert(
+        0,
+        Step::sql(
+            format!("drop version schema {}", p.version_schema),
+            format!("DROP SCHEMA IF EXISTS {} CASCADE", ident(&p.version_schema)),
+        ),
+    );
+    if let Some(prev) = &previous_version_schema {
+        p.complete_at(
+            Stage::DropPrevious,
+            Step::sql(
+                format!("drop previous version schema {prev}"),
+                format!("DROP SCHEMA IF EXISTS {} CASCADE", ident(prev)),
+            ),
+        );
+    }
+    if p.has_raw_sql {
+        // Tables created by raw SQL at complete need their views.
+        p.complete_at(
+            Stage::Last,
+            Step {
+                describe: format!("refresh version schema {}", p.version_schema),
+                action: Action::Views(spec),
+                lock_table: None,
+            },
+        );
+    }
+
+    let mut complete = std::mem::take(&mut p.complete);
+    complete.sort_by_key(|(stage, _)| *stage);
+    Ok(Plan {
+        schema,
+        version_schema: p.version_schema,
+        previous_version_schema,
+        start: p.start,
+        backfills,
+        complete: complete.into_iter().map(|(_, s)| s).collect(),
+        rollback: p.rollback,
+    })
+}
+
+impl Plan {
+    /// The plan as SQL text, phase by phase (what `pgshift plan` prints).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut phase = |title: &str, steps: &[Step]| {
+            out.push_str(&format!("-- ===== {title} =====\n"));
+            if steps.is_empty() {
+                out.push_str("-- (nothing)\n");
+            }
+            for (i, s) in steps.iter().enumerate() {
+                out.push_str(&format!(
+                    "-- step {}: {}\n{};\n",
+                    i + 1,
+                    s.describe,
+                    s.render()
+                ));
+            }
+            out.push('\n');
+        };
+        phase("start", &self.start);
+        let backfill: Vec<Step> = self
+            .backfills
+            .iter()
+            .map(|b| {
+                Step::sql(
+                    format!(
+                        "backfill {} in key ranges of ({})",
+                        b.table,
+                        b.key.join(", ")
+                    ),
+                    crate::backfill::render_batch(b),
+                )
+            })
+            .collect();
+        phase("backfill (repeated per key range)", &backfill);
+        phase("complete", &self.complete);
+        phase("rollback", &self.rollback);
+        out
+    }
+}
