@@ -146,9 +146,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Start { file, complete } => {
             let m = Migration::load(&file)?;
             let e = connect().await?;
-            e.start(&m).await?;
+            let res = e.start(&m).await;
+            e.release().await;
+            res?;
             if complete {
-                e.complete().await?;
+                let res = e.complete().await;
+                e.release().await;
+                res?;
                 println!("migration {} started and completed", m.name);
             } else {
                 println!(
@@ -159,11 +163,17 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Complete => {
-            let name = connect().await?.complete().await?;
+            let e = connect().await?;
+            let res = e.complete().await;
+            e.release().await;
+            let name = res?;
             println!("migration {name} completed");
         }
         Command::Rollback => {
-            let name = connect().await?.rollback().await?;
+            let e = connect().await?;
+            let res = e.rollback().await;
+            e.release().await;
+            let name = res?;
             println!("migration {name} rolled back");
         }
         Command::Status { json } => {
@@ -200,7 +210,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .iter()
                 .map(|f| Migration::load(f))
                 .collect::<Result<Vec<_>>>()?;
-            let started = connect().await?.migrate(&parsed, complete).await?;
+            let e = connect().await?;
+            let res = e.migrate(&parsed, complete).await;
+            e.release().await;
+            let started = res?;
             if started.is_empty() {
                 println!("nothing to apply");
             } else {

@@ -125,6 +125,15 @@ impl Engine {
         &self.opts.schema
     }
 
+    /// Release pgshift's advisory locks now instead of when the connection
+    /// ends (a closing backend can hold them a moment after the process exits).
+    pub async fn release(&self) {
+        let _ = self
+            .client
+            .batch_execute("SELECT pg_advisory_unlock_all()")
+            .await;
+    }
+
     /// Create the control schema (idempotent).
     pub async fn init(&self) -> Result<()> {
         state::init(&self.client).await
@@ -224,7 +233,21 @@ impl Engine {
                 }
             }
         };
-        self.finish_start(&row).await
+        match self.finish_start(&row).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // An error (not a crash): undo everything so nothing stays
+                // half-applied. A crash instead leaves the cursor for a rerun.
+                tracing::error!("start of {:?} failed: {e}; rolling back", row.name);
+                match self.rollback_row(&row.name).await {
+                    Ok(()) => Err(e.context(format!("start of {:?} failed and was rolled back, nothing is applied", row.name))),
+                    Err(r) => Err(e.context(format!(
+                        "start of {:?} failed, and the automatic rollback failed too ({r}); run `pgshift rollback`",
+                        row.name
+                    ))),
+                }
+            }
+        }
     }
 
     async fn finish_start(&self, row: &MigrationRow) -> Result<()> {
@@ -335,6 +358,34 @@ impl Engine {
                 row.name
             )));
         }
+        self.rollback_row(&row.name).await?;
+        Ok(row.name)
+    }
+
+    /// Roll back the active migration `name`; the advisory lock is held.
+    async fn rollback_row(&self, name: &str) -> Result<()> {
+        let row = state::active(&self.client, self.schema())
+            .await?
+            .filter(|r| r.name == name)
+            .ok_or_else(|| Error::state(format!("migration {name:?} is not in progress")))?;
+        let nothing_applied = row.phase == Phase::Starting
+            && row.step == 0
+            && matches!(
+                row.plan.start.first().map(|s| &s.action),
+                Some(crate::plan::Action::Sql {
+                    transactional: true,
+                    ..
+                })
+            );
+        if nothing_applied {
+            // The first step commits with the cursor, and the cursor is 0.
+            state::delete(&self.client, self.schema(), &row.name).await?;
+            tracing::info!(
+                "migration {:?} forgotten (no step had been applied)",
+                row.name
+            );
+            return Ok(());
+        }
         let from = if row.phase == Phase::RollingBack {
             row.step
         } else {
@@ -363,7 +414,7 @@ impl Engine {
         .await?;
         state::delete(&self.client, self.schema(), &row.name).await?;
         tracing::info!("migration {:?} rolled back", row.name);
-        Ok(row.name)
+        Ok(())
     }
 
     async fn locked_active(&self, verb: &str) -> Result<MigrationRow> {

@@ -120,6 +120,7 @@ pub async fn lock(client: &Client, schema: &str) -> Result<()> {
                     coalesce(to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS'), '')
              FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
              WHERE l.locktype = 'advisory' AND l.classid = $1::int::oid
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
                AND l.objid = hashtext($2)::oid AND l.objsubid = 2 AND l.granted LIMIT 1",
             &[&LOCK_CLASS, &schema],
         )

@@ -190,8 +190,21 @@ pub async fn plan(op: &AlterColumn, p: &mut Planner<'_>) -> Result<()> {
         ));
         validate(p, &r.name);
     }
-    // Carry the original's single-column checks and foreign keys over.
-    if let Some(b) = base_table {
+    // Carry the original's single-column checks and foreign keys over, unless
+    // the type changes: they were written for the old type.
+    if let (Some(b), true) = (base_table, type_changed) {
+        for con in b
+            .constraints
+            .iter()
+            .filter(|c| c.columns == [col.physical.clone()] && matches!(c.kind, 'c' | 'f'))
+        {
+            tracing::warn!(
+                "constraint {:?} on {}.{} is not carried over to the new type; it is dropped with the old column at complete (add it again with `check`/`references`)",
+                con.name, op.table, op.column
+            );
+        }
+    }
+    if let (Some(b), false) = (base_table, type_changed) {
         for con in b
             .constraints
             .iter()

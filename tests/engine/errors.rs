@@ -1,0 +1,121 @@
+//! Bad input: clear errors that name the file, line, operation and field,
+//! and nothing applied.
+
+use crate::support::{self, leftovers, rows};
+
+async fn assert_nothing_applied(db: &support::TestDb) {
+    let c = db.client().await;
+    assert_eq!(leftovers(&c, None).await, Vec::<String>::new());
+    if rows(&c, "SELECT to_regclass('pgshift.migrations') IS NOT NULL").await == "t" {
+        assert_eq!(
+            rows(&c, "SELECT count(*) FROM pgshift.migrations").await,
+            "0"
+        );
+    }
+}
+
+#[tokio::test]
+async fn malformed_files_name_file_line_and_field() {
+    let db = support::fresh_db("malformed").await;
+    let dir = support::temp_dir("malformed");
+    let cases = [
+        ("bad_yaml", "operations:\n  - add_column: [unclosed\n", "bad_yaml.yaml:"),
+        ("unknown_op", "operations:\n  - explode_table: {name: t}\n", "unknown variant `explode_table`"),
+        ("unknown_field", "operations:\n  - drop_table: {name: t, cascade: true}\n", "operations[0] (drop_table)"),
+        ("wrong_type", "operations:\n  - create_index: {table: t, name: i, columns: [{column: a}], unique: maybe}\n", "unique"),
+        ("missing_field", "operations:\n  - rename_column: {table: t, from: a}\n", "missing field `to`"),
+        ("two_keys", "operations:\n  - drop_table: {name: a}\n    drop_index: {name: b}\n", "exactly one key"),
+    ];
+    for (name, yaml, want) in cases {
+        let f = support::write_migration(&dir, name, yaml);
+        let out = db.pgshift(&["start", f.to_str().unwrap()]);
+        out.failed();
+        assert_eq!(out.code, Some(2), "{name}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(want),
+            "{name}: expected {want:?} in {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(&format!("{name}.yaml")),
+            "{name}: file not named: {}",
+            out.stderr
+        );
+    }
+    assert_nothing_applied(&db).await;
+}
+
+#[tokio::test]
+async fn missing_tables_and_columns_are_refused_before_anything_runs() {
+    let db = support::fresh_db("missing").await;
+    db.client()
+        .await
+        .batch_execute("CREATE TABLE users (id int PRIMARY KEY, name text)")
+        .await
+        .unwrap();
+    let dir = support::temp_dir("missing");
+    let cases = [
+        ("no_table", "operations:\n  - add_column: {table: nope, column: {name: a, type: int, nullable: true}}\n", "table \"nope\" does not exist"),
+        ("no_column", "operations:\n  - rename_column: {table: users, from: nope, to: x}\n", "field `from`: column \"nope\" does not exist"),
+        ("exists", "operations:\n  - add_column: {table: users, column: {name: name, type: int, nullable: true}}\n", "already exists"),
+        ("nn_no_up", "operations:\n  - add_column: {table: users, column: {name: b, type: int}}\n", "give `up`"),
+        ("type_no_up", "operations:\n  - alter_column: {table: users, column: name, type: int}\n", "`up` is required"),
+        ("second_ok_first_bad", "operations:\n  - add_column: {table: users, column: {name: c, type: int, nullable: true}}\n  - drop_column: {table: users, column: ghost}\n", "operations[1] (drop_column)"),
+    ];
+    for (name, yaml, want) in cases {
+        let f = support::write_migration(&dir, name, yaml);
+        let out = db.pgshift(&["start", f.to_str().unwrap()]);
+        out.failed();
+        assert!(
+            out.stderr.contains(want),
+            "{name}: expected {want:?} in {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(&format!("{name}.yaml")),
+            "{name}: {}",
+            out.stderr
+        );
+    }
+    assert_nothing_applied(&db).await;
+    let c = db.client().await;
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'users'"
+        )
+        .await,
+        "2"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_up_expression_rolls_the_start_back() {
+    let db = support::fresh_db("failing_up").await;
+    db.client()
+        .await
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, '1'), (2, 'two');")
+        .await
+        .unwrap();
+    let dir = support::temp_dir("failing_up");
+    let f = support::write_migration(&dir, "m1", "operations:\n  - alter_column: {table: t, column: v, type: int, up: CAST(v AS int), down: CAST(v AS text)}\n");
+    let out = db.pgshift(&["start", f.to_str().unwrap(), "--progress", "none"]);
+    out.failed();
+    assert!(out.stderr.contains("rolled back"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("invalid input syntax for type integer"),
+        "{}",
+        out.stderr
+    );
+    assert_nothing_applied(&db).await;
+}
+
+#[tokio::test]
+async fn all_pgroll_examples_parse() {
+    let dir = support::repo_root().join("../shared/compat/pgroll-examples");
+    let files = pgshift::migration::files_in_dir(&dir).unwrap();
+    assert_eq!(files.len(), 56);
+    for f in files {
+        pgshift::migration::Migration::load(&f).unwrap_or_else(|e| panic!("{e}"));
+    }
+}

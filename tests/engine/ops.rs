@@ -1,0 +1,395 @@
+//! One scenario per operation: old and new clients write and read each
+//! other's rows during the migration; complete and rollback both end clean.
+
+use crate::scenario::{Do::*, Scenario};
+
+const USERS: &str = "CREATE TABLE users (id serial PRIMARY KEY, name text, email text NOT NULL DEFAULT '', age text);
+                     INSERT INTO users (name, email, age) SELECT 'u' || g, 'u' || g || '@x', (g % 90)::text FROM generate_series(1, 500) g;";
+
+#[tokio::test]
+async fn create_table_is_visible_to_the_new_version_only() {
+    Scenario {
+        name: "create_table",
+        setup: USERS,
+        migration: "operations:
+  - create_table:
+      name: orders
+      columns:
+        - {name: id, type: serial, pk: true}
+        - {name: user_id, type: integer, references: {name: orders_user_fk, table: users, column: id}}
+        - {name: total, type: 'numeric(10,2)', default: '0', check: {name: total_positive, constraint: total >= 0}}
+        - {name: note, type: text, nullable: true, comment: free text}
+",
+        during: vec![
+            New("INSERT INTO orders (user_id, total) VALUES (1, 9.5)"),
+            NewSees("SELECT user_id, total FROM orders", "1|9.50"),
+            OldSees("SELECT count(*) FROM pg_tables WHERE tablename = 'orders'", "1"),
+            Old("INSERT INTO users (name) VALUES ('old')"),
+            NewSees("SELECT name FROM users WHERE name = 'old'", "old"),
+        ],
+        after_complete: vec![
+            ("SELECT total FROM orders", "9.50"),
+            ("SELECT conname FROM pg_constraint WHERE conrelid = 'orders'::regclass ORDER BY 1", "orders_pkey;orders_user_fk;total_positive"),
+            ("SELECT col_description('orders'::regclass, 4)", "free text"),
+        ],
+        after_rollback: vec![("SELECT to_regclass('orders') IS NULL", "t")],
+    }
+    .run()
+    .await;
+}
+
+#[tokio::test]
+async fn add_column_not_null_is_filled_by_up_for_old_writes_and_existing_rows() {
+    Scenario {
+        name: "add_column_nn",
+        setup: USERS,
+        migration: "operations:
+  - add_column:
+      table: users
+      up: upper(name)
+      column: {name: shout, type: text, nullable: false, check: {name: shout_len, constraint: length(shout) < 100}, comment: loud}
+",
+        during: vec![
+            Old("INSERT INTO users (id, name) VALUES (1001, 'old')"),
+            New("INSERT INTO users (id, name, shout) VALUES (1002, 'new', 'NEW!')"),
+            Old("UPDATE users SET name = 'renamed' WHERE id = 3"),
+            NewSees("SELECT id, shout FROM users WHERE id IN (1, 3, 1001, 1002) ORDER BY id", "1|U1;3|RENAMED;1001|OLD;1002|NEW!"),
+            OldSees("SELECT name FROM users WHERE id = 1002", "new"),
+        ],
+        after_complete: vec![
+            ("SELECT count(*) FROM users WHERE shout IS NULL", "0"),
+            ("SELECT shout FROM users WHERE id IN (2, 1002) ORDER BY id", "U2;NEW!"),
+            ("SELECT attnotnull FROM pg_attribute WHERE attrelid = 'users'::regclass AND attname = 'shout'", "t"),
+            ("SELECT convalidated FROM pg_constraint WHERE conname = 'shout_len'", "t"),
+            ("SELECT col_description('users'::regclass, 5)", "loud"),
+        ],
+        after_rollback: vec![
+            ("SELECT count(*) FROM users", "502"),
+            ("SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'shout'", "0"),
+        ],
+    }
+    .run()
+    .await;
+}
+
+#[tokio::test]
+async fn add_column_with_default_references_and_unique() {
+    Scenario {
+        name: "add_column_opts",
+        setup: "CREATE TABLE teams (id int PRIMARY KEY); INSERT INTO teams VALUES (1), (2);
+                CREATE TABLE users (id serial PRIMARY KEY, name text); INSERT INTO users (name) SELECT 'u' || g FROM generate_series(1, 50) g;",
+        migration: "operations:
+  - add_column:
+      table: users
+      column: {name: score, type: integer, default: '10'}
+  - add_column:
+      table: users
+      column: {name: team_id, type: integer, nullable: true, references: {name: users_team_fk, table: teams, column: id}}
+  - add_column:
+      table: users
+      column: {name: handle, type: text, nullable: true, unique: true}
+",
+        during: vec![
+            New("INSERT INTO users (name, team_id, handle) VALUES ('n', 2, 'h1')"),
+            Old("INSERT INTO users (name) VALUES ('o')"),
+            NewSees("SELECT score, team_id, handle FROM users WHERE name IN ('n', 'o', 'u1') ORDER BY name", "10|2|h1;10|∅|∅;10|∅|∅"),
+        ],
+        after_complete: vec![
+            ("SELECT count(*) FROM users WHERE score = 10", "52"),
+            ("SELECT conname FROM pg_constraint WHERE conrelid = 'users'::regclass AND contype IN ('f','u') ORDER BY 1", "users_handle_key;users_team_fk"),
+        ],
+        after_rollback: vec![("SELECT count(*) FROM information_schema.columns WHERE table_name = 'users'", "2")],
+    }
+    .run()
+    .await;
+}
+
+#[tokio::test]
+async fn drop_column_is_filled_by_down_for_new_writes() {
+    Scenario {
+        name: "drop_column",
+        setup: USERS,
+        migration: "operations:
+  - drop_column:
+      table: users
+      column: age
+      down: \"'unknown'\"
+",
+        during: vec![
+            New("INSERT INTO users (id, name, email) VALUES (2001, 'new', 'n@x')"),
+            NewSees("SELECT count(*) FROM information_schema.columns WHERE table_schema = 'public_m1' AND column_name = 'age'", "0"),
+            OldSees("SELECT age FROM users WHERE id = 2001", "unknown"),
+            Old("INSERT INTO users (id, name, age) VALUES (2002, 'old', '40')"),
+            NewSees("SELECT name FROM users WHERE id = 2002", "old"),
+        ],
+        after_complete: vec![("SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'age'", "0")],
+        after_rollback: vec![("SELECT age FROM users WHERE id IN (1, 2001, 2002) ORDER BY id", "1;unknown;40")],
+    }
+    .run()
+    .await;
+}
+
+#[tokio::test]
+async fn rename_column_shows_each_side_its_own_name() {
+    Scenario {
+        name: "rename_column",
+        setup: USERS,
+        migration: "operations:
+  - rename_column: {table: users, from: name, to: full_name}
+",
+        during: vec![
+            Old("INSERT INTO users (id, name) VALUES (3001, 'old')"),
+            New("INSERT INTO users (id, full_name) VALUES (3002, 'new')"),
+            NewSees(
+                "SELECT full_name FROM users WHERE id IN (3001, 3002) ORDER BY id",
+                "old;new",
+            ),
+            OldSees(
+                "SELECT name FROM users WHERE id IN (3001, 3002) ORDER BY id",
+                "old;new",
+            ),
+        ],
+        after_complete: vec![("SELECT full_name FROM users WHERE id = 3002", "new")],
+        after_rollback: vec![("SELECT name FROM users WHERE id = 3002", "new")],
+    }
+    .run()
+    .await;
+}
+
+#[tokio::test]
+async fn alter_column_type_converts_both_ways() {
+    Scenario {
+        name: "alter_type",
+        setup: "CREATE TABLE users (id serial PRIMARY KEY, name text, age text);
+                CREATE INDEX users_age_idx ON users (age);
+                ALTER TABLE users ADD CONSTRAINT age_short CHECK (length(age) < 4);
+                INSERT INTO users (name, age) SELECT 'u' || g, (g % 90)::text FROM generate_series(1, 300) g;",
+        migration: "operations:
+  - alter_column:
+      table: users
+      column: age
+      type: integer
+      up: CAST(age AS integer)
+      down: CAST(age AS text)
+",
+        during: vec![
+            Old("INSERT INTO users (id, name, age) VALUES (4001, 'old', '33')"),
+            New("INSERT INTO users (id, name, age) VALUES (4002, 'new', 44)"),
+            New("UPDATE users SET name = 'touched' WHERE id = 5"),
+            NewSees("SELECT age + 1 FROM users WHERE id IN (5, 4001, 4002) ORDER BY id", "6;34;45"),
+            OldSees("SELECT age FROM users WHERE id IN (5, 4001, 4002) ORDER BY id", "5;33;44"),
+        ],
+        after_complete: vec![
+            ("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'users'::regclass AND attname = 'age'", "integer"),
+            ("SELECT sum(age) FROM users", "12557"),
+            ("SELECT indexrelid::regclass FROM pg_index WHERE indrelid = 'users'::regclass AND NOT indisprimary", "users_age_idx"),
+            // A check written for the old type is not carried onto the new type.
+            ("SELECT count(*) FROM pg_constraint WHERE conrelid = 'users'::regclass AND contype = 'c'", "0"),
+        ],
+        after_rollback: vec![("SELECT age FROM users WHERE id IN (5, 4002) ORDER BY id", "5;44")],
+    }
+    .run()
+    .await;
+}
+
+#[tokio::test]
+async fn alter_column_nullable_default_and_comment() {
+    Scenario {
+        name: "alter_nullable",
+        setup: "CREATE TABLE users (id serial PRIMARY KEY, name text);
+                INSERT INTO users (name) SELECT CASE WHEN g % 2 = 0 THEN NULL ELSE 'u' || g END FROM generate_series(1, 100) g;",
+        migration: "operations:
+  - alter_column:
+      table: users
+      column: name
+      nullable: false
+      default: \"'anon'\"
+      comment: display name
+      up: SELECT CASE WHEN name IS NULL THEN 'placeholder' ELSE name END
+      down: name
+",
+        during: vec![
+            Old("INSERT INTO users (id, name) VALUES (5001, NULL)"),
+            New("INSERT INTO users (id) VALUES (5002)"),
+            NewSees("SELECT name FROM users WHERE id IN (2, 5001, 5002) ORDER BY id", "placeholder;placeholder;anon"),
+            OldSees("SELECT coalesce(name, 'NULL') FROM users WHERE id IN (2, 5002) ORDER BY id", "NULL;anon"),
+        ],
+        after_complete: vec![
+            ("SELECT count(*) FROM users WHERE name IS NULL", "0"),
+            ("SELECT attnotnull FROM pg_attribute WHERE attrelid = 'users'::regclass AND attname = 'name'", "t"),
+            ("SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef WHERE adrelid = 'users'::regclass AND adnum = 3", "'anon'::text"),
+            ("SELECT col_description('users'::regclass, 3)", "display name"),
+        ],
+        after_rollback: vec![("SELECT count(*) FROM users WHERE name IS NULL", "51")],
+    }
+    .run()
+    .await;
+}
+
+#[tokio::test]
+async fn alter_column_comment_only_needs_no_copy() {
+    Scenario {
+        name: "alter_comment",
+        setup: "CREATE TABLE users (id serial PRIMARY KEY, name text); COMMENT ON COLUMN users.name IS 'before';",
+        migration: "operations:
+  - alter_column: {table: users, column: name, comment: after}
+",
+        during: vec![OldSees("SELECT col_description('users'::regclass, 2)", "after")],
+        after_complete: vec![("SELECT col_description('users'::regclass, 2)", "after")],
+        after_rollback: vec![("SELECT col_description('users'::regclass, 2)", "before")],
+    }
+    .run()
+    .await;
+}
+
+#[tokio::test]
+async fn create_index_concurrently_unique_partial_and_method() {
+    Scenario {
+        name: "create_index",
+        setup: USERS,
+        migration: "operations:
+  - create_index: {table: users, name: users_email_uq, unique: true, columns: [{column: email}]}
+  - create_index: {table: users, name: users_young, columns: [{column: age, sort: DESC}], predicate: \"age < '20'\"}
+  - create_index: {table: users, name: users_name_hash, method: hash, columns: [{column: name}], storage_parameters: fillfactor = 70}
+",
+        during: vec![
+            OldSees("SELECT count(*) FROM pg_index WHERE indrelid = 'users'::regclass AND indisvalid", "4"),
+            New("INSERT INTO users (name, email) VALUES ('n', 'n@x')"),
+        ],
+        after_complete: vec![(
+            "SELECT string_agg(indexrelid::regclass::text, ',' ORDER BY indexrelid::regclass::text) FROM pg_index WHERE indrelid = 'users'::regclass",
+            "users_email_uq,users_name_hash,users_pkey,users_young",
+        )],
+        after_rollback: vec![("SELECT count(*) FROM pg_index WHERE indrelid = 'users'::regclass", "1")],
+    }
+    .run()
+    .await;
+}
+
+#[tokio::test]
+async fn drop_index_happens_at_complete() {
+    Scenario {
+        name: "drop_index",
+        setup: "CREATE TABLE users (id serial PRIMARY KEY, name text); CREATE INDEX users_name ON users (name);",
+        migration: "operations:\n  - drop_index: {name: users_name}\n",
+        during: vec![OldSees("SELECT count(*) FROM pg_indexes WHERE indexname = 'users_name'", "1")],
+        after_complete: vec![("SELECT count(*) FROM pg_indexes WHERE indexname = 'users_name'", "0")],
+        after_rollback: vec![("SELECT count(*) FROM pg_indexes WHERE indexname = 'users_name'", "1")],
+    }
+    .run()
+    .await;
+}
+
+#[tokio::test]
+async fn rename_table_shows_each_side_its_own_name() {
+    Scenario {
+        name: "rename_table",
+        setup: USERS,
+        migration: "operations:\n  - rename_table: {from: users, to: customers}\n",
+        during: vec![
+            New("INSERT INTO customers (id, name) VALUES (6001, 'new')"),
+            Old("INSERT INTO users (id, name) VALUES (6002, 'old')"),
+            NewSees(
+                "SELECT name FROM customers WHERE id > 6000 ORDER BY id",
+                "new;old",
+            ),
+        ],
+        after_complete: vec![
+            ("SELECT count(*) FROM customers", "502"),
+            ("SELECT to_regclass('users') IS NULL", "t"),
+        ],
+        after_rollback: vec![("SELECT count(*) FROM users", "502")],
+    }
+    .run()
+    .await;
+}
+
+#[tokio::test]
+async fn drop_table_hides_it_from_the_new_version_and_drops_at_complete() {
+    Scenario {
+        name: "drop_table",
+        setup: "CREATE TABLE users (id int PRIMARY KEY); CREATE TABLE legacy (id int PRIMARY KEY); INSERT INTO legacy VALUES (1);",
+        migration: "operations:\n  - drop_table: {name: legacy}\n",
+        during: vec![
+            NewSees("SELECT count(*) FROM information_schema.views WHERE table_schema = 'public_m1' AND table_name = 'legacy'", "0"),
+            Old("INSERT INTO legacy VALUES (2)"),
+            OldSees("SELECT count(*) FROM legacy", "2"),
+        ],
+        after_complete: vec![("SELECT to_regclass('legacy') IS NULL", "t")],
+        after_rollback: vec![("SELECT count(*) FROM legacy", "2")],
+    }
+    .run()
+    .await;
+}
+
+#[tokio::test]
+async fn sql_runs_up_at_start_and_down_on_rollback() {
+    Scenario {
+        name: "sql",
+        setup: "",
+        migration: "operations:
+  - sql:
+      up: CREATE TABLE widgets (id int PRIMARY KEY, label text); INSERT INTO widgets VALUES (1, 'a')
+      down: DROP TABLE widgets
+",
+        during: vec![
+            NewSees("SELECT label FROM widgets", "a"),
+            New("INSERT INTO widgets VALUES (2, 'b')"),
+        ],
+        after_complete: vec![("SELECT count(*) FROM widgets", "2")],
+        after_rollback: vec![("SELECT to_regclass('widgets') IS NULL", "t")],
+    }
+    .run()
+    .await;
+}
+
+#[tokio::test]
+async fn sql_on_complete_runs_only_at_complete() {
+    Scenario {
+        name: "sql_on_complete",
+        setup: "CREATE TABLE users (id int PRIMARY KEY);",
+        migration: "operations:
+  - sql:
+      up: CREATE TABLE audit (id int)
+      onComplete: true
+",
+        during: vec![OldSees("SELECT to_regclass('audit') IS NULL", "t")],
+        after_complete: vec![
+            ("SELECT to_regclass('audit') IS NOT NULL", "t"),
+            ("SELECT count(*) FROM information_schema.views WHERE table_schema = 'public_m1' AND table_name = 'audit'", "1"),
+        ],
+        after_rollback: vec![("SELECT to_regclass('audit') IS NULL", "t")],
+    }
+    .run()
+    .await;
+}
+
+#[tokio::test]
+async fn one_migration_changes_type_renames_and_adds_not_null_column() {
+    Scenario {
+        name: "combined",
+        setup: USERS,
+        migration: "operations:
+  - alter_column: {table: users, column: age, type: integer, up: CAST(age AS integer), down: CAST(age AS text)}
+  - rename_column: {table: users, from: name, to: full_name}
+  - add_column:
+      table: users
+      up: \"'unverified'\"
+      column: {name: status, type: text, nullable: false}
+",
+        during: vec![
+            Old("INSERT INTO users (id, name, age) VALUES (7001, 'old', '21')"),
+            New("INSERT INTO users (id, full_name, age, status) VALUES (7002, 'new', 22, 'ok')"),
+            New("UPDATE users SET full_name = 'x' WHERE id = 10"),
+            NewSees("SELECT full_name, age, status FROM users WHERE id IN (10, 7001, 7002) ORDER BY id", "x|10|unverified;old|21|unverified;new|22|ok"),
+            OldSees("SELECT name, age FROM users WHERE id IN (10, 7002) ORDER BY id", "x|10;new|22"),
+        ],
+        after_complete: vec![
+            ("SELECT full_name, age, status FROM users WHERE id IN (10, 7001, 7002) ORDER BY id", "x|10|unverified;old|21|unverified;new|22|ok"),
+            ("SELECT count(*) FROM users WHERE status IS NULL OR age IS NULL", "0"),
+        ],
+        after_rollback: vec![("SELECT name, age FROM users WHERE id IN (10, 7002) ORDER BY id", "x|10;new|22")],
+    }
+    .run()
+    .await;
+}

@@ -1,0 +1,203 @@
+//! Safety: one migration at a time, bounded lock waits with a named blocker,
+//! row-level security through the version schema, hostile identifiers.
+
+use crate::scenario::{Do::*, Scenario};
+use crate::support::{self, rows};
+
+#[tokio::test]
+async fn a_second_migration_is_refused_while_one_is_active() {
+    let db = support::fresh_db("one_active").await;
+    db.client()
+        .await
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, a text)")
+        .await
+        .unwrap();
+    let dir = support::temp_dir("one_active");
+    let a = support::write_migration(
+        &dir,
+        "01_a",
+        "operations:\n  - rename_column: {table: t, from: a, to: b}\n",
+    );
+    let b = support::write_migration(
+        &dir,
+        "02_b",
+        "operations:\n  - drop_column: {table: t, column: a}\n",
+    );
+    db.pgshift(&["start", a.to_str().unwrap()]).ok();
+    let out = db.pgshift(&["start", b.to_str().unwrap()]);
+    out.failed();
+    assert!(
+        out.stderr.contains("migration \"01_a\" is in progress"),
+        "{}",
+        out.stderr
+    );
+    // Starting the same file again is a no-op, not an error.
+    db.pgshift(&["start", a.to_str().unwrap()]).ok();
+}
+
+#[tokio::test]
+async fn concurrent_pgshift_processes_are_refused_by_the_advisory_lock() {
+    let db = support::fresh_db("advisory").await;
+    db.client()
+        .await
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    db.pgshift(&["init"]).ok();
+    // Hold pgshift's lock for schema public from another session.
+    let holder = db.client().await;
+    holder
+        .batch_execute("SET application_name = 'other-pgshift'; SELECT pg_advisory_lock(1885827944, hashtext('public'))")
+        .await
+        .unwrap();
+    let dir = support::temp_dir("advisory");
+    let f = support::write_migration(
+        &dir,
+        "m1",
+        "operations:\n  - add_column: {table: t, column: {name: a, type: int, nullable: true}}\n",
+    );
+    let out = db.pgshift(&["start", f.to_str().unwrap()]);
+    out.failed();
+    assert!(
+        out.stderr
+            .contains("another pgshift process is working on schema \"public\""),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("other-pgshift"), "{}", out.stderr);
+    assert_eq!(
+        rows(
+            &db.client().await,
+            "SELECT count(*) FROM pgshift.migrations"
+        )
+        .await,
+        "0"
+    );
+}
+
+#[tokio::test]
+async fn lock_retries_are_bounded_and_name_the_blocking_session() {
+    let db = support::fresh_db("lock_exhausted").await;
+    db.client()
+        .await
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, a text)")
+        .await
+        .unwrap();
+    let blocker = db.client().await;
+    blocker
+        .batch_execute("SET application_name = 'long-report'; BEGIN; SELECT * FROM t")
+        .await
+        .unwrap();
+    let dir = support::temp_dir("lock_exhausted");
+    let f = support::write_migration(&dir, "m1", "operations:\n  - alter_column:\n      table: t\n      column: a\n      nullable: false\n      up: coalesce(a, 'x')\n");
+    let out = db.pgshift(&[
+        "start",
+        f.to_str().unwrap(),
+        "--lock-timeout",
+        "50",
+        "--lock-retries",
+        "3",
+    ]);
+    out.failed();
+    assert!(
+        out.stderr
+            .contains("after 3 attempts of lock_timeout 50 ms"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("ALTER TABLE \"public\".\"t\""),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("application \"long-report\""),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("AccessShareLock"), "{}", out.stderr);
+    blocker.batch_execute("COMMIT").await.unwrap();
+    // Nothing was applied; the same start now succeeds.
+    db.pgshift(&["start", f.to_str().unwrap()]).ok();
+}
+
+#[tokio::test]
+async fn row_level_security_applies_through_the_version_schema() {
+    let db = support::fresh_db("rls").await;
+    let role = format!(
+        "tenant_{}",
+        db.name.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    );
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE docs (id int PRIMARY KEY, owner text NOT NULL, body text);
+             INSERT INTO docs VALUES (1, 'alice', 'a'), (2, 'bob', 'b');
+             ALTER TABLE docs ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY own ON docs USING (owner = current_user);
+             CREATE ROLE {role} LOGIN;
+             GRANT SELECT, INSERT ON docs TO {role};
+             UPDATE docs SET owner = '{role}' WHERE id = 1;"
+        ))
+        .await
+        .unwrap();
+    let dir = support::temp_dir("rls");
+    let f = support::write_migration(
+        &dir,
+        "m1",
+        "operations:\n  - rename_column: {table: docs, from: body, to: content}\n",
+    );
+    db.pgshift(&["start", f.to_str().unwrap()]).ok();
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    let c = support::connect(&url).await;
+    c.batch_execute("SET pgshift.version = 'm1'; SET search_path = public_m1, public")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&c, "SELECT id, content FROM docs ORDER BY id").await,
+        "1|a"
+    );
+    let owner = support::connect(&db.url).await;
+    assert_eq!(
+        rows(&owner, "SELECT count(*) FROM public_m1.docs").await,
+        "2"
+    );
+    db.pgshift(&["rollback"]).ok();
+    drop(c);
+    owner
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn hostile_identifiers_are_always_quoted() {
+    Scenario {
+        name: "hostile",
+        setup: r#"CREATE TABLE "we""ird; DROP TABLE x;--" ("select" int PRIMARY KEY, "prénom nom" text, "Order" text);
+                  INSERT INTO "we""ird; DROP TABLE x;--" SELECT g, 'p' || g, (g % 7)::text FROM generate_series(1, 50) g;"#,
+        migration: r#"operations:
+  - alter_column:
+      table: "we\"ird; DROP TABLE x;--"
+      column: Order
+      type: integer
+      up: CAST("Order" AS integer)
+      down: CAST("Order" AS text)
+  - rename_column: {table: "we\"ird; DROP TABLE x;--", from: prénom nom, to: "nom'; --"}
+  - add_column:
+      table: "we\"ird; DROP TABLE x;--"
+      up: length("prénom nom")
+      column: {name: "ünïcode ✓", type: int, nullable: false}
+  - create_index: {table: "we\"ird; DROP TABLE x;--", name: "idx \"q\"", columns: [{column: "ünïcode ✓"}]}
+"#,
+        during: vec![
+            Old(r#"INSERT INTO "we""ird; DROP TABLE x;--" VALUES (100, 'old', '5')"#),
+            New(r#"INSERT INTO "we""ird; DROP TABLE x;--" ("select", "nom'; --", "Order", "ünïcode ✓") VALUES (101, 'new', 6, 9)"#),
+            NewSees(r#"SELECT "select", "nom'; --", "Order", "ünïcode ✓" FROM "we""ird; DROP TABLE x;--" WHERE "select" IN (1, 100, 101) ORDER BY 1"#, "1|p1|1|2;100|old|5|3;101|new|6|9"),
+        ],
+        after_complete: vec![(r#"SELECT sum("ünïcode ✓"), sum("Order") FROM "we""ird; DROP TABLE x;--""#, "153|159")],
+        after_rollback: vec![(r#"SELECT count(*) FROM "we""ird; DROP TABLE x;--""#, "52")],
+    }
+    .run()
+    .await;
+}
