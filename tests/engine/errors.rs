@@ -14,6 +14,34 @@ async fn assert_nothing_applied(db: &support::TestDb) {
     }
 }
 
+/// Each (file name, contents, expected text) is refused by `start` with an
+/// error that contains the text and names the file (and the exit code, if given).
+fn assert_start_refused(
+    db: &support::TestDb,
+    dir: &std::path::Path,
+    cases: &[(&str, &str, &str)],
+    code: Option<i32>,
+) {
+    for (name, yaml, want) in cases {
+        let f = support::write_migration(dir, name, yaml);
+        let out = db.pgshift(&["start", f.to_str().unwrap()]);
+        out.failed();
+        if let Some(code) = code {
+            assert_eq!(out.code, Some(code), "{name}: {}", out.stderr);
+        }
+        assert!(
+            out.stderr.contains(want),
+            "{name}: expected {want:?} in {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(&format!("{name}.yaml")),
+            "{name}: file not named: {}",
+            out.stderr
+        );
+    }
+}
+
 #[tokio::test]
 async fn malformed_files_name_file_line_and_field() {
     let db = support::fresh_db("malformed").await;
@@ -26,22 +54,7 @@ async fn malformed_files_name_file_line_and_field() {
         ("missing_field", "operations:\n  - rename_column: {table: t, from: a}\n", "missing field `to`"),
         ("two_keys", "operations:\n  - drop_table: {name: a}\n    drop_index: {name: b}\n", "exactly one key"),
     ];
-    for (name, yaml, want) in cases {
-        let f = support::write_migration(&dir, name, yaml);
-        let out = db.pgshift(&["start", f.to_str().unwrap()]);
-        out.failed();
-        assert_eq!(out.code, Some(2), "{name}: {}", out.stderr);
-        assert!(
-            out.stderr.contains(want),
-            "{name}: expected {want:?} in {}",
-            out.stderr
-        );
-        assert!(
-            out.stderr.contains(&format!("{name}.yaml")),
-            "{name}: file not named: {}",
-            out.stderr
-        );
-    }
+    assert_start_refused(&db, &dir, &cases, Some(2));
     assert_nothing_applied(&db).await;
 }
 
@@ -62,21 +75,7 @@ async fn missing_tables_and_columns_are_refused_before_anything_runs() {
         ("type_no_up", "operations:\n  - alter_column: {table: users, column: name, type: int}\n", "`up` is required"),
         ("second_ok_first_bad", "operations:\n  - add_column: {table: users, column: {name: c, type: int, nullable: true}}\n  - drop_column: {table: users, column: ghost}\n", "operations[1] (drop_column)"),
     ];
-    for (name, yaml, want) in cases {
-        let f = support::write_migration(&dir, name, yaml);
-        let out = db.pgshift(&["start", f.to_str().unwrap()]);
-        out.failed();
-        assert!(
-            out.stderr.contains(want),
-            "{name}: expected {want:?} in {}",
-            out.stderr
-        );
-        assert!(
-            out.stderr.contains(&format!("{name}.yaml")),
-            "{name}: {}",
-            out.stderr
-        );
-    }
+    assert_start_refused(&db, &dir, &cases, None);
     assert_nothing_applied(&db).await;
     let c = db.client().await;
     assert_eq!(
