@@ -1,5 +1,5 @@
 //! Crash injection for tests: `PGSHIFT_CRASH_AT=<phase>:<n>` exits the
-//! process right after step (or backfill batch) `n` of `<phase>` commits;
+//! process with SIGKILL right after step (or backfill batch) `n` of `<phase>` commits;
 //! `PGSHIFT_CRASH_AT=<phase>:<n>:before-commit` exits with the step's
 //! transaction still open (Postgres rolls it back). The exit is immediate,
 //! like SIGKILL: no cleanup, no Terminate message.
@@ -22,7 +22,13 @@ fn target() -> &'static Option<(String, usize, bool)> {
 pub fn hit(phase: &str, n: usize, before_commit: bool) {
     if let Some((p, t, b)) = target() {
         if p == phase && *t == n && *b == before_commit {
-            eprintln!("pgshift: PGSHIFT_CRASH_AT={phase}:{n} reached, exiting without cleanup");
+            eprintln!(
+                "pgshift: PGSHIFT_CRASH_AT={phase}:{n} reached, killing this process (SIGKILL)"
+            );
+            // A real SIGKILL, like an operator's `kill -9`; exit is the fallback.
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &std::process::id().to_string()])
+                .status();
             std::process::exit(137);
         }
     }

@@ -111,7 +111,17 @@ async fn a_failing_up_expression_rolls_the_start_back() {
 
 #[tokio::test]
 async fn all_pgroll_examples_parse() {
-    let dir = support::repo_root().join("../shared/compat/pgroll-examples");
+    let dir = match std::env::var("PGSHIFT_COMPAT_DIR") {
+        Ok(d) => std::path::PathBuf::from(d),
+        Err(_) => support::repo_root().join("../shared/compat/pgroll-examples"),
+    };
+    if !dir.exists() {
+        eprintln!(
+            "skipped: {} not found (set PGSHIFT_COMPAT_DIR)",
+            dir.display()
+        );
+        return;
+    }
     let files = pgshift::migration::files_in_dir(&dir).unwrap();
     assert_eq!(files.len(), 56);
     for f in files {
