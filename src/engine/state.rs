@@ -100,19 +100,35 @@ pub async fn initialized(client: &Client) -> Result<bool> {
     Ok(row.get(0))
 }
 
-/// Take the session-level advisory lock of `schema`, or fail at once naming
-/// the process that holds it. Released when the connection closes.
+/// How long a pgshift process waits for another one's advisory lock before
+/// giving up. A process that was just killed holds it until its backend
+/// notices the closed socket and exits, which takes milliseconds; a live
+/// process holds it for its whole command.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Take the session-level advisory lock of `schema`, waiting at most
+/// [`LOCK_GRACE`], or fail naming the process that holds it. Released when
+/// the connection closes.
 pub async fn lock(client: &Client, schema: &str) -> Result<()> {
-    let got: bool = client
-        .query_one(
-            "SELECT pg_try_advisory_lock($1, hashtext($2))",
-            &[&LOCK_CLASS, &schema],
-        )
-        .await
-        .map_err(|e| Error::db("taking pgshift's advisory lock", e))?
-        .get(0);
-    if got {
-        return Ok(());
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    let mut pause = std::time::Duration::from_millis(10);
+    loop {
+        let got: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, hashtext($2))",
+                &[&LOCK_CLASS, &schema],
+            )
+            .await
+            .map_err(|e| Error::db("taking pgshift's advisory lock", e))?
+            .get(0);
+        if got {
+            return Ok(());
+        }
+        if std::time::Instant::now() + pause > deadline {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(500));
     }
     let holder = client
         .query_opt(

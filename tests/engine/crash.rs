@@ -37,7 +37,6 @@ async fn check_final(db: &support::TestDb) {
 }
 
 #[tokio::test]
-#[ignore = "open: after a crash at one step, the dead process's session keeps pgshift's advisory lock past the 10 s grace; see the issue 2 note"]
 async fn every_step_of_start_and_complete_survives_a_crash() {
     let n_start = 5; // two column steps, two index builds, trigger, version schema
     for (phase, n) in [
@@ -173,7 +172,7 @@ async fn sigkill_mid_backfill_then_resume_loses_no_row() {
         .await
         .unwrap()
         .get(0);
-    assert!(done >= 20 * 500 && done < 200_000, "rows_done {done}");
+    assert!((20 * 500..200_000).contains(&done), "rows_done {done}");
     // The mark and the rows agree: every row below the mark is done.
     assert_eq!(
         rows(

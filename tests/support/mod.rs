@@ -49,6 +49,8 @@ fn cluster() -> &'static Cluster {
             script = script.display(),
             dir = dir.display()
         );
+        // The watchdog outlives this process on purpose; it is never waited on.
+        #[allow(clippy::zombie_processes)]
         Command::new("sh")
             .arg("-c")
             .arg(watchdog)
