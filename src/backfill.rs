@@ -89,6 +89,7 @@ pub fn render_batch(spec: &BackfillSpec) -> String {
 
 struct Queries {
     upper: String,
+    lowest: String,
     first_boundary: String,
     next_boundary: String,
     first_update: String,
@@ -136,6 +137,7 @@ fn queries(spec: &BackfillSpec) -> Queries {
     };
     Queries {
         upper: format!("SELECT ARRAY[{as_text}] FROM {t} ORDER BY {desc} LIMIT 1"),
+        lowest: format!("SELECT min({k})::text FROM {t}"),
         first_boundary: boundary(None),
         next_boundary: boundary(Some(key_params(spec, n + 2))),
         first_update: update(None, 1),
@@ -223,14 +225,45 @@ pub async fn run(
         progress.finish();
         return Ok(0);
     };
-    let mut size = opts.batch_size.unwrap_or(1000).max(1);
+    let mut size = opts.batch_size.unwrap_or(10_000).max(1);
     let mut updated_now: u64 = 0;
     let mut batch_no: usize = 0;
+    // A single integer key whose values are dense (the last batch updated at
+    // least half the keys of its range, as with a serial id) is walked by
+    // arithmetic, without the boundary query; sparse keys use the query.
+    let int_upper: Option<i64> = match (&spec.key_types[..], &upper[..]) {
+        ([t], [u]) if matches!(t.as_str(), "smallint" | "integer" | "bigint") => u.parse().ok(),
+        _ => None,
+    };
+    let mut dense = false;
+    if let (Some(up), None) = (int_upper, &last) {
+        // Before the first batch: a dense key starts by arithmetic at once,
+        // just below its smallest value.
+        let min: Option<i64> = client
+            .query_one(&q.lowest, &[])
+            .await
+            .map_err(|e| Error::db(ctx("finding the lowest key"), e))?
+            .get::<_, Option<String>>(0)
+            .and_then(|m| m.parse().ok());
+        if let Some(min) = min.filter(|m| *m > i64::MIN && *m <= up) {
+            let span = up.saturating_sub(min).saturating_add(1);
+            if total.saturating_mul(2) >= span {
+                dense = true;
+                last = Some(vec![(min - 1).to_string()]);
+            }
+        }
+    }
     loop {
         let size_param = i64::try_from(size).unwrap_or(i64::MAX);
         let began = Instant::now();
+        let int_last: Option<i64> = match last.as_deref() {
+            Some([l]) if int_upper.is_some() => l.parse().ok(),
+            _ => None,
+        };
         // Find the upper key of this batch.
-        let hi: Option<Vec<String>> = {
+        let hi: Option<Vec<String>> = if let (true, Some(up), Some(lo)) = (dense, int_upper, int_last) {
+            (lo < up).then(|| vec![lo.saturating_add(size_param).min(up).to_string()])
+        } else {
             let mut params: Params = upper.iter().map(|v| v as _).collect();
             params.push(&size_param);
             let sql = match &last {
@@ -265,6 +298,10 @@ pub async fn run(
         };
         batch_no += 1;
         updated_now += n;
+        if let (Some(lo), Some([h])) = (int_last, Some(&hi[..])) {
+            let span = h.parse::<i64>().unwrap_or(lo).saturating_sub(lo);
+            dense = span > 0 && i64::try_from(n).unwrap_or(i64::MAX).saturating_mul(2) >= span;
+        }
         let elapsed = began.elapsed();
         tracing::debug!(table = %spec.table, batch = batch_no, rows = n, size, ms = elapsed.as_millis() as u64, "backfill batch committed");
         progress.advance(n, size);

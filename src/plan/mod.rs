@@ -314,7 +314,49 @@ pub async fn plan(
         }
         ops::plan(op, &mut p).await?;
     }
+    for t in &mut p.triggers {
+        let table = qualified(&t.schema, &t.table);
+        for a in t.up.iter_mut().chain(t.down.iter_mut()) {
+            a.expr = unwrap_scalar_select(client, &table, &a.expr).await;
+        }
+    }
     finish(p, previous_version_schema)
+}
+
+/// `SELECT <expr>` (pgroll's usual form of `up` and `down`) evaluated per row
+/// is a sub-query: PL/pgSQL runs it through the full executor, which makes
+/// the trigger about twice as slow as a bare `<expr>`. Return the bare
+/// expression when Postgres confirms it means the same thing: both forms
+/// parse against `table` with the same result type, and the bare form is
+/// allowed in a WHERE clause (so it is no aggregate, window or
+/// set-returning call that the sub-query would have contained). Otherwise,
+/// or when the probe cannot run, return `expr` unchanged.
+async fn unwrap_scalar_select(client: &Client, table: &str, expr: &str) -> String {
+    let unchanged = expr.to_string();
+    let Some(head) = expr.get(..7) else {
+        return unchanged;
+    };
+    if !head.eq_ignore_ascii_case("select ") && !head.eq_ignore_ascii_case("select\n") {
+        return unchanged;
+    }
+    let bare = expr[7..].trim();
+    let probes = [
+        format!("SELECT ({expr}) FROM {table} LIMIT 0"),
+        format!("SELECT ({bare}) FROM {table} LIMIT 0"),
+        format!("SELECT 1 FROM {table} WHERE ({bare}) IS NULL LIMIT 0"),
+    ];
+    let mut types = Vec::new();
+    for sql in &probes {
+        match client.prepare(sql).await {
+            Ok(stmt) => types.push(stmt.columns().first().map(|c| c.type_().oid())),
+            Err(_) => return unchanged,
+        }
+    }
+    if types[0] == types[1] {
+        bare.to_string()
+    } else {
+        unchanged
+    }
 }
 
 /// Add the per-table machinery (triggers, cut-over, version schema) and

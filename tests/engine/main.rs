@@ -7,6 +7,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod backfill;
 mod crash;
 mod errors;
 mod ops;

@@ -1,0 +1,71 @@
+//! The copier visits every row exactly once whatever the key looks like:
+//! dense runs (walked by arithmetic), huge gaps and negative values
+//! (walked with the boundary query), and composite text keys.
+
+use crate::support::{self, rows};
+
+async fn start_and_complete(db: &support::TestDb, migration: &str, batch: &str) {
+    let dir = support::temp_dir(&format!("backfill-{}", db.name));
+    let f = support::write_migration(&dir, "m1", migration);
+    db.pgshift(&[
+        "start",
+        f.to_str().unwrap(),
+        "--progress",
+        "none",
+        "--backfill-batch-size",
+        batch,
+    ])
+    .ok();
+    db.pgshift(&["complete"]).ok();
+}
+
+#[tokio::test]
+async fn backfill_reaches_every_row_of_dense_sparse_and_negative_integer_keys() {
+    let db = support::fresh_db("bf_int").await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE t (id bigint PRIMARY KEY, v int);
+         INSERT INTO t SELECT g, 1 FROM generate_series(-3000, 3000) g;            -- dense, negative
+         INSERT INTO t SELECT g::bigint * 1000000007, 1 FROM generate_series(1, 500) g;    -- sparse
+         INSERT INTO t SELECT 9000000000000 + g, 1 FROM generate_series(1, 2000) g; -- dense again
+         INSERT INTO t VALUES (9223372036854775807, 1);                             -- the maximum",
+    )
+    .await
+    .unwrap();
+    start_and_complete(
+        &db,
+        "operations:\n  - add_column:\n      table: t\n      up: v + 1\n      column: {name: w, type: int, nullable: false}\n",
+        "250",
+    )
+    .await;
+    assert_eq!(
+        rows(&c, "SELECT count(*), count(*) FILTER (WHERE w = 2) FROM t").await,
+        "8502|8502"
+    );
+    assert_eq!(
+        rows(&c, "SELECT rows_done, rows_total FROM pgshift.backfills").await,
+        "8502|8502"
+    );
+}
+
+#[tokio::test]
+async fn backfill_reaches_every_row_of_a_composite_text_key() {
+    let db = support::fresh_db("bf_text").await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE t (a text NOT NULL, b int NOT NULL, v int, PRIMARY KEY (a, b));
+         INSERT INTO t SELECT 'k' || (g % 37), g, 1 FROM generate_series(1, 5000) g;",
+    )
+    .await
+    .unwrap();
+    start_and_complete(
+        &db,
+        "operations:\n  - add_column:\n      table: t\n      up: v + 1\n      column: {name: w, type: int, nullable: false}\n",
+        "300",
+    )
+    .await;
+    assert_eq!(
+        rows(&c, "SELECT count(*), count(*) FILTER (WHERE w = 2) FROM t").await,
+        "5000|5000"
+    );
+}
