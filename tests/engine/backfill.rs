@@ -69,3 +69,35 @@ async fn backfill_reaches_every_row_of_a_composite_text_key() {
         "5000|5000"
     );
 }
+
+#[tokio::test]
+async fn a_select_up_expression_keeps_its_meaning_when_unwrapped_or_not() {
+    let db = support::fresh_db("bf_select").await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v int);
+         INSERT INTO t SELECT g, g FROM generate_series(1, 50) g;",
+    )
+    .await
+    .unwrap();
+    // `SELECT v * 2` runs as `v * 2`; `SELECT count(*)` must stay a
+    // sub-query (bare, it would be an aggregate over the table).
+    let migration = "operations:
+  - add_column: {table: t, up: SELECT v * 2, column: {name: doubled, type: int, nullable: false}}
+  - add_column: {table: t, up: SELECT count(*), column: {name: one, type: bigint, nullable: false}}
+";
+    let dir = support::temp_dir("bf-select");
+    let f = support::write_migration(&dir, "m1", migration);
+    let plan = db.pgshift(&["plan", f.to_str().unwrap()]);
+    plan.ok();
+    assert!(plan.stdout.contains("= (v * 2)"), "{}", plan.stdout);
+    assert!(plan.stdout.contains("= (SELECT count(*))"), "{}", plan.stdout);
+    start_and_complete(&db, migration, "20").await;
+    c.batch_execute("INSERT INTO t (id, v, doubled, one) VALUES (51, 51, 102, 1)")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&c, "SELECT count(*) FILTER (WHERE doubled = v * 2), count(*) FILTER (WHERE one = 1) FROM t").await,
+        "51|51"
+    );
+}
