@@ -261,27 +261,28 @@ pub async fn run(
             _ => None,
         };
         // Find the upper key of this batch.
-        let hi: Option<Vec<String>> = if let (true, Some(up), Some(lo)) = (dense, int_upper, int_last) {
-            (lo < up).then(|| vec![lo.saturating_add(size_param).min(up).to_string()])
-        } else {
-            let mut params: Params = upper.iter().map(|v| v as _).collect();
-            params.push(&size_param);
-            let sql = match &last {
-                None => &q.first_boundary,
-                Some(l) => {
-                    params.extend(
-                        l.iter()
-                            .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)),
-                    );
-                    &q.next_boundary
-                }
+        let hi: Option<Vec<String>> =
+            if let (true, Some(up), Some(lo)) = (dense, int_upper, int_last) {
+                (lo < up).then(|| vec![lo.saturating_add(size_param).min(up).to_string()])
+            } else {
+                let mut params: Params = upper.iter().map(|v| v as _).collect();
+                params.push(&size_param);
+                let sql = match &last {
+                    None => &q.first_boundary,
+                    Some(l) => {
+                        params.extend(
+                            l.iter()
+                                .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)),
+                        );
+                        &q.next_boundary
+                    }
+                };
+                client
+                    .query_opt(sql, &params)
+                    .await
+                    .map_err(|e| Error::db(ctx("finding the next key range"), e))?
+                    .map(|r| r.get(0))
             };
-            client
-                .query_opt(sql, &params)
-                .await
-                .map_err(|e| Error::db(ctx("finding the next key range"), e))?
-                .map(|r| r.get(0))
-        };
         let Some(hi) = hi else { break };
         // Update the range and record the mark in one transaction.
         let mut attempt = 0;

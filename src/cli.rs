@@ -96,6 +96,8 @@ pub enum Command {
     },
     /// Print the SQL every phase of a migration would run; changes nothing.
     Plan { file: PathBuf },
+    /// Run the wire proxy: clients connect here and each session sees its schema version.
+    Proxy(crate::serve::ProxyArgs),
     /// Check a migration file, and (unless --offline) that it fits the database.
     Validate {
         file: PathBuf,
@@ -103,6 +105,14 @@ pub enum Command {
         #[arg(long)]
         offline: bool,
     },
+}
+
+impl Command {
+    /// Long-running commands that serve many connections get a
+    /// multi-threaded runtime; the others run on one thread.
+    pub fn is_server(&self) -> bool {
+        matches!(self, Command::Proxy(_))
+    }
 }
 
 impl GlobalOpts {
@@ -136,6 +146,9 @@ impl GlobalOpts {
 /// Run a parsed command line; what it prints goes to stdout.
 pub async fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
+    if let Command::Proxy(args) = &cli.command {
+        return crate::serve::run(&g.postgres_url, &g.schema, args).await;
+    }
     let opts = g.engine_options()?;
     let connect = || Engine::connect(&g.postgres_url, opts.clone());
     match cli.command {
@@ -235,6 +248,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             let plan = connect().await?.plan(&m).await?;
             print!("{}", plan.render());
         }
+        Command::Proxy(_) => unreachable!("handled above"),
         Command::Validate { file, offline } => {
             let m = Migration::load(&file)?;
             if !offline {

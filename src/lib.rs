@@ -7,7 +7,7 @@
 //! - [`plan`] and [`ops`]: planning, one file per operation.
 //! - [`engine`]: control schema, lock-safe step execution, the lifecycle.
 //! - [`backfill`]: the copier; [`progress`]: bars and log lines.
-//! - [`cli`]: the `pgshift` command line.
+//! - [`cli`]: the `pgshift` command line; [`serve`]: `pgshift proxy`.
 //! - [`error`]: the error type.
 
 pub mod backfill;
@@ -19,6 +19,7 @@ pub mod ops;
 pub mod plan;
 pub mod progress;
 pub mod schema;
+pub mod serve;
 pub mod sql;
 
 pub use error::{Error, Kind, Result};

@@ -1,9 +1,28 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
+fn main() {
     let cli = pgshift::cli::Cli::parse();
+    let runtime = if cli.command.is_server() {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(async_main(cli));
+}
+
+async fn async_main(cli: pgshift::cli::Cli) {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("PGSHIFT_LOG")

@@ -91,7 +91,11 @@ async fn a_select_up_expression_keeps_its_meaning_when_unwrapped_or_not() {
     let plan = db.pgshift(&["plan", f.to_str().unwrap()]);
     plan.ok();
     assert!(plan.stdout.contains("= (v * 2)"), "{}", plan.stdout);
-    assert!(plan.stdout.contains("= (SELECT count(*))"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("= (SELECT count(*))"),
+        "{}",
+        plan.stdout
+    );
     start_and_complete(&db, migration, "20").await;
     c.batch_execute("INSERT INTO t (id, v, doubled, one) VALUES (51, 51, 102, 1)")
         .await

@@ -67,11 +67,16 @@ fn cluster() -> &'static Cluster {
 pub async fn connect(url: &str) -> Client {
     let (client, conn) = tokio_postgres::connect(url, NoTls)
         .await
-        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        .unwrap_or_else(|e| panic!("connect {url}: {e:?}"));
     tokio::spawn(async move {
         let _ = conn.await;
     });
     client
+}
+
+/// The cluster's base URL (no database), e.g. `postgres://postgres@127.0.0.1:5432`.
+pub fn cluster_base() -> &'static str {
+    &cluster().base
 }
 
 /// A database of its own for one test.
