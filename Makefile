@@ -33,7 +33,9 @@ demo: deps release
 	@tests/demo/demo.sh
 
 bench: deps release
+	@tests/support/deps.sh bench
 	@tests/bench/backfill.sh
+	@tests/bench/proxy.sh
 
 clean:
 	$(CARGO) clean

@@ -108,10 +108,13 @@ pub enum Command {
 }
 
 impl Command {
-    /// Long-running commands that serve many connections get a
-    /// multi-threaded runtime; the others run on one thread.
-    pub fn is_server(&self) -> bool {
-        matches!(self, Command::Proxy(_))
+    /// Worker threads of the async runtime: `None` for one thread (every
+    /// command but the proxy, whose `--workers` decides).
+    pub fn worker_threads(&self) -> Option<usize> {
+        match self {
+            Command::Proxy(a) if a.workers > 0 => Some(a.workers),
+            _ => None,
+        }
     }
 }
 

@@ -3,14 +3,14 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = pgshift::cli::Cli::parse();
-    let runtime = if cli.command.is_server() {
-        tokio::runtime::Builder::new_multi_thread()
+    let runtime = match cli.command.worker_threads() {
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
             .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_current_thread()
+            .build(),
+        None => tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()
+            .build(),
     };
     let runtime = match runtime {
         Ok(r) => r,

@@ -44,6 +44,9 @@ pub struct ProxyArgs {
     /// How often the routing table is re-read from the control schema, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub refresh_ms: u64,
+    /// Threads serving connections; 0 runs everything on one thread.
+    #[arg(long, env = "PGSHIFT_WORKERS", default_value_t = 0)]
+    pub workers: usize,
 }
 
 /// The TLS settings of a connection string that tokio-postgres does not

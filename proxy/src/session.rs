@@ -295,14 +295,21 @@ async fn serve(
         bytes_in: metrics::counter!("pgshift_bytes_total", "direction" => "client_to_server"),
         bytes_out: metrics::counter!("pgshift_bytes_total", "direction" => "server_to_client"),
     };
-    let end = {
-        let (cr, cw) = tokio::io::split(&mut *client);
-        let (sr, sw) = tokio::io::split(&mut server);
-        let mut shutdown = shutdown;
-        tokio::select! {
-            r = client_to_server(cr, sw, &cx) => r,
-            r = server_to_client(sr, cw, &cx) => r,
-            _ = drained(&info, &mut shutdown) => Ok(End::Shutdown),
+    // Plain sockets split into borrowed halves for free; TLS streams go
+    // through tokio's locked split.
+    let mut shutdown = shutdown;
+    let end = match (&mut *client, &mut server) {
+        (Stream::Tcp(c), Stream::Unix(s)) => {
+            let ((cr, cw), (sr, sw)) = (c.split(), s.split());
+            forward(cr, cw, sr, sw, &cx, &mut shutdown).await
+        }
+        (Stream::Tcp(c), Stream::Tcp(s)) => {
+            let ((cr, cw), (sr, sw)) = (c.split(), s.split());
+            forward(cr, cw, sr, sw, &cx, &mut shutdown).await
+        }
+        (c, s) => {
+            let ((cr, cw), (sr, sw)) = (tokio::io::split(c), tokio::io::split(s));
+            forward(cr, cw, sr, sw, &cx, &mut shutdown).await
         }
     };
     drop(registered);
@@ -337,6 +344,28 @@ async fn serve(
             let _ = server.write_all(&terminate).await;
             Err(Failure::Silent(e.to_string()))
         }
+    }
+}
+
+/// Run both pumps until one side leaves or shutdown reaches the session.
+async fn forward<CR, CW, SR, SW>(
+    cr: CR,
+    cw: CW,
+    sr: SR,
+    sw: SW,
+    cx: &Ctx<'_>,
+    shutdown: &mut watch::Receiver<Phase>,
+) -> Result<End, PumpError>
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    SR: AsyncRead + Unpin,
+    SW: AsyncWrite + Unpin,
+{
+    tokio::select! {
+        r = client_to_server(cr, sw, cx) => r,
+        r = server_to_client(sr, cw, cx) => r,
+        _ = drained(cx.info, shutdown) => Ok(End::Shutdown),
     }
 }
 

@@ -49,6 +49,12 @@ impl LockPolicy {
     }
 }
 
+/// `lock_timeout` of steps whose locks never block reads or writes
+/// (validation, concurrent index builds): waiting costs the application
+/// nothing, and an autovacuum in the way is cancelled by Postgres after
+/// `deadlock_timeout` only if the step is still waiting then.
+pub const WEAK_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Is this error worth retrying (lock not granted in time, deadlock victim)?
 pub fn is_lock_conflict(e: &tokio_postgres::Error) -> bool {
     matches!(e.code().map(|c| c.code()), Some("55P03") | Some("40P01"))
@@ -172,9 +178,14 @@ async fn attempt_step(
     cursor: Option<(&Cursor<'_>, usize)>,
     policy: &LockPolicy,
 ) -> std::result::Result<(), Failure> {
+    let wait = if step.weak_lock || matches!(step.action, Action::CreateIndex { .. }) {
+        policy.timeout.max(WEAK_LOCK_TIMEOUT)
+    } else {
+        policy.timeout
+    };
     let timeout = format!(
         "SET lock_timeout = {}",
-        literal(&format!("{}ms", policy.timeout.as_millis()))
+        literal(&format!("{}ms", wait.as_millis()))
     );
     match &step.action {
         Action::Sql {

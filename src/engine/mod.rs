@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::migration::Migration;
 use crate::plan::{self, Plan};
 use crate::progress::{self, ProgressMode};
-use crate::sql::ident;
+use crate::sql::{ident, literal};
 use exec::{Cursor, LockPolicy};
 use serde::Serialize;
 use state::{MigrationRow, Phase};
@@ -96,18 +96,12 @@ pub struct Engine {
 impl Engine {
     pub async fn connect(url: &str, opts: Options) -> Result<Engine> {
         let client = connect(url).await?;
+        // One round trip: every command pays it.
         client
-            .query_one(
-                "SELECT set_config('application_name', 'pgshift', false)",
-                &[],
-            )
-            .await
-            .map_err(|e| Error::db("session setup", e))?;
-        client
-            .query_one(
-                "SELECT set_config('search_path', $1, false)",
-                &[&ident(&opts.schema)],
-            )
+            .batch_execute(&format!(
+                "SELECT set_config('application_name', 'pgshift', false), set_config('search_path', {}, false)",
+                literal(&ident(&opts.schema))
+            ))
             .await
             .map_err(|e| Error::db("session setup", e))?;
         Ok(Engine { client, opts })

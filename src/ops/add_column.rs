@@ -178,6 +178,7 @@ pub async fn plan(op: &AddColumn, p: &mut Planner<'_>) -> Result<()> {
                 index: idx.clone(),
             },
             lock_table: Some((p.schema.clone(), table.physical.clone())),
+            weak_lock: false,
         });
         let con = bounded_name("", &format!("{}_{}_key", op.table, c.name));
         p.cutover_post.push((

@@ -279,6 +279,7 @@ pub async fn plan(op: &AlterColumn, p: &mut Planner<'_>) -> Result<()> {
                     index: copy.clone(),
                 },
                 lock_table: Some((p.schema.clone(), table.physical.clone())),
+                weak_lock: false,
             });
             let attach = match &idx.constraint {
                 Some(con) => format!(
@@ -309,6 +310,7 @@ pub async fn plan(op: &AlterColumn, p: &mut Planner<'_>) -> Result<()> {
                 index: idx.clone(),
             },
             lock_table: Some((p.schema.clone(), table.physical.clone())),
+            weak_lock: false,
         });
         p.cutover_post.push((
             table.physical.clone(),

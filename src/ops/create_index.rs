@@ -93,6 +93,7 @@ pub fn plan(op: &CreateIndex, p: &mut Planner<'_>) -> Result<()> {
             index: op.name.clone(),
         },
         lock_table: Some((p.schema.clone(), table.physical.clone())),
+        weak_lock: false,
     });
     p.rollback.push(Step::non_transactional(
         format!("drop index {}", op.name),

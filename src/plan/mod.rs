@@ -73,6 +73,12 @@ pub struct Step {
     /// The table whose lock the step takes (schema, name), to report blockers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock_table: Option<(String, String)>,
+    /// The step only takes locks that never block reads or writes (SHARE
+    /// UPDATE EXCLUSIVE: VALIDATE CONSTRAINT, CREATE INDEX CONCURRENTLY), so
+    /// it may wait longer for them: long enough for Postgres to cancel an
+    /// autovacuum in its way (after `deadlock_timeout`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub weak_lock: bool,
 }
 
 impl Step {
@@ -85,6 +91,7 @@ impl Step {
                 guard: None,
             },
             lock_table: None,
+            weak_lock: false,
         }
     }
 
@@ -235,7 +242,10 @@ impl<'a> Planner<'a> {
         &mut self.triggers[last]
     }
 
-    pub fn complete_at(&mut self, stage: Stage, step: Step) {
+    pub fn complete_at(&mut self, stage: Stage, mut step: Step) {
+        if stage == Stage::Validate {
+            step.weak_lock = true;
+        }
         self.complete.push((stage, step));
     }
 
@@ -462,6 +472,7 @@ fn finish(mut p: Planner<'_>, previous_version_schema: Option<String>) -> Result
         describe: format!("create version schema {}", p.version_schema),
         action: Action::Views(spec.clone()),
         lock_table: None,
+        weak_lock: false,
     });
     p.rollback.insert(
         0,
@@ -487,6 +498,7 @@ fn finish(mut p: Planner<'_>, previous_version_schema: Option<String>) -> Result
                 describe: format!("refresh version schema {}", p.version_schema),
                 action: Action::Views(spec),
                 lock_table: None,
+                weak_lock: false,
             },
         );
     }

@@ -36,6 +36,12 @@ make_table() { # db table rows
   q "$1" "VACUUM ANALYZE $2"
 }
 median() { python3 -c 'import sys, statistics; print(statistics.median(map(float, sys.argv[1:])))' "$@"; }
+# Warm-up, not recorded: the first measured size would otherwise pay for a
+# cold cluster (catalog caches, first connections, page cache).
+q "$url" "CREATE DATABASE bench_warmup"
+make_table "$base/bench_warmup" users 10000
+PGSHIFT_POSTGRES_URL=$base/bench_warmup "$bin" start "$mig" --progress none -c >/dev/null 2>&1
+q "$url" "DROP DATABASE bench_warmup"
 rows_md=""
 for n in "${sizes[@]}"; do
   db="bench_$n"; q "$url" "CREATE DATABASE $db"; durl="$base/$db"

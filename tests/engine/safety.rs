@@ -201,3 +201,56 @@ async fn hostile_identifiers_are_always_quoted() {
     .run()
     .await;
 }
+
+#[tokio::test]
+async fn validation_waits_out_a_vacuum_like_lock_without_blocking_writes() {
+    let db = support::fresh_db("weak_lock").await;
+    let c = db.client().await;
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, a text); INSERT INTO t SELECT g, 'v' FROM generate_series(1, 100) g")
+        .await
+        .unwrap();
+    let dir = support::temp_dir("weak_lock");
+    let f = support::write_migration(&dir, "m1", "operations:\n  - alter_column:\n      table: t\n      column: a\n      nullable: false\n      up: coalesce(a, 'x')\n");
+    db.pgshift(&["start", f.to_str().unwrap(), "--progress", "none"])
+        .ok();
+    // Hold SHARE UPDATE EXCLUSIVE, the lock (auto)vacuum holds.
+    let vacuum_like = db.client().await;
+    vacuum_like
+        .batch_execute("BEGIN; LOCK TABLE t IN SHARE UPDATE EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let complete = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgshift"))
+        .args(["complete", "--lock-timeout", "50", "--lock-retries", "2"])
+        .env("PGSHIFT_POSTGRES_URL", &db.url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // VALIDATE is waiting (well past the 50 ms lock_timeout of other steps) ...
+    loop {
+        let waiting = support::rows(&c, "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE NOT l.granted AND a.query LIKE '%VALIDATE CONSTRAINT%'").await;
+        if waiting == "1" {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    // ... and writes go on meanwhile.
+    c.batch_execute("INSERT INTO t (id, a) VALUES (101, 'w')")
+        .await
+        .unwrap();
+    vacuum_like.batch_execute("COMMIT").await.unwrap();
+    let out = complete.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        support::rows(
+            &c,
+            "SELECT attnotnull FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'a'"
+        )
+        .await,
+        "t"
+    );
+}

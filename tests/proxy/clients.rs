@@ -36,6 +36,39 @@ async fn psql_queries_and_copies_both_ways() {
     assert!(ran.ok, "{}", ran.stderr);
     assert_eq!(ran.stdout.trim(), "5000|12502500");
     assert_eq!(std::fs::read_to_string(&output).unwrap(), data);
+    // Large objects: psql's \lo_import / \lo_export use the function-call
+    // fast path (FunctionCall / FunctionCallResponse messages).
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(dir.join("blob.bin"), &blob).unwrap();
+    let ran = psql(
+        &url,
+        &[
+            "-c",
+            &format!("\\lo_import '{}'", dir.join("blob.bin").display()),
+            "-c",
+            "SELECT count(*) FROM pg_largeobject_metadata",
+        ],
+        &[],
+    )
+    .await;
+    assert!(ran.ok, "{}", ran.stderr);
+    assert!(ran.stdout.trim().ends_with('1'), "{}", ran.stdout);
+    let oid = support::rows(
+        &db.client().await,
+        "SELECT oid FROM pg_largeobject_metadata",
+    )
+    .await;
+    let ran = psql(
+        &url,
+        &[
+            "-c",
+            &format!("\\lo_export {oid} '{}'", dir.join("back.bin").display()),
+        ],
+        &[],
+    )
+    .await;
+    assert!(ran.ok, "{}", ran.stderr);
+    assert_eq!(std::fs::read(dir.join("back.bin")).unwrap(), blob);
     // A failing statement in a transaction, then ROLLBACK, through psql.
     let ran = psql(
         &url,

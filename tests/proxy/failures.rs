@@ -2,7 +2,7 @@
 //! and malformed client bytes (that connection gets an error and is closed,
 //! other sessions carry on).
 
-use crate::harness::{client, error_of, run, Raw, TestProxy};
+use crate::harness::{client, error_of, OwnCluster, Raw, TestProxy};
 use crate::support::{self, rows};
 use pgshift_proxy::RoutingTable;
 use std::time::{Duration, Instant};
@@ -28,22 +28,13 @@ async fn postgres_down_gives_a_fatal_error_at_once_and_the_proxy_recovers() {
         .arg(&dir)
         .status()
         .unwrap();
-    let pg = support::repo_root().join("tests/support/pg.sh");
-    let pg = pg.to_str().unwrap();
-    let cluster = dir.join("pg");
-    let cluster = cluster.to_str().unwrap();
-    let started = run(pg, &["start", cluster], &[], None).await;
-    assert!(started.ok, "{}", started.stderr);
-    let url = started.stdout.trim().to_string();
-    let port = std::fs::read_to_string(dir.join("pg/port"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let pg = OwnCluster::start(&dir.join("pg"), &[]).await;
+    let url = pg.url.clone();
     let p = TestProxy::start_with(&url, RoutingTable::default(), |_| {}).await;
     let c = client(&p.url("postgres")).await;
     assert_eq!(rows(&c, "SELECT 1").await, "1");
 
-    assert!(run(pg, &["halt", cluster], &[], None).await.ok);
+    pg.halt().await;
     let began = Instant::now();
     let err = tokio_postgres::connect(&p.url("postgres"), tokio_postgres::NoTls)
         .await
@@ -66,12 +57,10 @@ async fn postgres_down_gives_a_fatal_error_at_once_and_the_proxy_recovers() {
         "the error must come at once"
     );
 
-    let restarted = run(pg, &["start", cluster], &[("PGSHIFT_PG_PORT", &port)], None).await;
-    assert!(restarted.ok, "{}", restarted.stderr);
+    pg.restart().await;
     let c = client(&p.url("postgres")).await;
     assert_eq!(rows(&c, "SELECT 2").await, "2");
     drop(c);
-    let _ = run(pg, &["stop", cluster], &[], None).await;
 }
 
 async fn fatal_then_closed(raw: &mut Raw) -> (String, String) {

@@ -249,3 +249,68 @@ pub fn error_of(msgs: &[Msg]) -> Option<(String, String)> {
     }
     Some((code, message))
 }
+
+/// A Postgres cluster of one test's own (`tests/support/pg.sh`), stopped and
+/// removed when dropped, even when the test fails.
+pub struct OwnCluster {
+    pub dir: std::path::PathBuf,
+    pub url: String,
+    pub port: String,
+}
+
+fn pg_sh() -> String {
+    support::repo_root()
+        .join("tests/support/pg.sh")
+        .display()
+        .to_string()
+}
+
+impl OwnCluster {
+    /// Start a cluster in `dir` (created); `env` goes to pg.sh (PGSHIFT_PG_EXTRA, ...).
+    pub async fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> OwnCluster {
+        std::fs::create_dir_all(dir).unwrap();
+        let started = run(&pg_sh(), &["start", dir.to_str().unwrap()], env, None).await;
+        assert!(started.ok, "pg.sh start: {}", started.stderr);
+        let port = std::fs::read_to_string(dir.join("port"))
+            .unwrap()
+            .trim()
+            .to_string();
+        OwnCluster {
+            dir: dir.to_path_buf(),
+            url: started.stdout.trim().to_string(),
+            port,
+        }
+    }
+
+    /// Stop the server, keeping its data.
+    pub async fn halt(&self) {
+        assert!(
+            run(&pg_sh(), &["halt", self.dir.to_str().unwrap()], &[], None)
+                .await
+                .ok
+        );
+    }
+
+    /// Start it again on the same port.
+    pub async fn restart(&self) {
+        let r = run(
+            &pg_sh(),
+            &["start", self.dir.to_str().unwrap()],
+            &[("PGSHIFT_PG_PORT", &self.port)],
+            None,
+        )
+        .await;
+        assert!(r.ok, "pg.sh start: {}", r.stderr);
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(pg_sh())
+            .arg("stop")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}

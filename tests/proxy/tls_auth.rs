@@ -1,7 +1,7 @@
 //! TLS towards clients and towards Postgres, and the authentication relay
 //! (cleartext, md5, SCRAM-SHA-256 pass through; Postgres stays the authority).
 
-use crate::harness::{client, psql, run, TestProxy};
+use crate::harness::{client, psql, run, OwnCluster, TestProxy};
 use crate::support::{self, rows};
 use pgshift_proxy::RoutingTable;
 use std::path::{Path, PathBuf};
@@ -140,16 +140,8 @@ async fn the_proxy_can_use_tls_to_postgres() {
         cluster.join("cert.pem").display(),
         cluster.join("key.pem").display()
     );
-    let pg = support::repo_root().join("tests/support/pg.sh");
-    let started = run(
-        pg.to_str().unwrap(),
-        &["start", cluster.to_str().unwrap()],
-        &[("PGSHIFT_PG_EXTRA", &extra)],
-        None,
-    )
-    .await;
-    assert!(started.ok, "{}", started.stderr);
-    let url = started.stdout.trim().to_string();
+    let pg = OwnCluster::start(&cluster, &[("PGSHIFT_PG_EXTRA", &extra)]).await;
+    let url = pg.url.clone();
     for mode in [
         "require",
         &format!("verify-full&sslrootcert={}", ca.display()),
@@ -167,13 +159,6 @@ async fn the_proxy_can_use_tls_to_postgres() {
             "sslmode={mode}"
         );
     }
-    let _ = run(
-        pg.to_str().unwrap(),
-        &["stop", cluster.to_str().unwrap()],
-        &[],
-        None,
-    )
-    .await;
 }
 
 fn is_root() -> bool {

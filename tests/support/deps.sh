@@ -15,6 +15,8 @@ command -v pgbench >/dev/null || [ -x "$bindir/pgbench" ] || need+=(postgresql-c
 command -v openssl >/dev/null || need+=(openssl)
 command -v node >/dev/null || need+=(nodejs npm)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# `deps.sh bench`: also what the benchmarks compare against.
+if [ "${1:-}" = bench ]; then command -v pgbouncer >/dev/null || need+=(pgbouncer); fi
 id postgres >/dev/null 2>&1 || need+=(postgresql-15)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
