@@ -25,16 +25,12 @@ pub struct Cli {
 #[derive(Debug, Args, Clone)]
 pub struct GlobalOpts {
     /// Postgres connection URL or key=value string.
-    #[arg(
-        long,
-        global = true,
-        env = "PGSHIFT_POSTGRES_URL",
-        default_value = "postgres://postgres@localhost:5432/postgres"
-    )]
-    pub postgres_url: String,
-    /// The schema to migrate.
-    #[arg(long, global = true, env = "PGSHIFT_SCHEMA", default_value = "public")]
-    pub schema: String,
+    /// [default: postgres://postgres@localhost:5432/postgres]
+    #[arg(long, global = true, env = "PGSHIFT_POSTGRES_URL")]
+    pub postgres_url: Option<String>,
+    /// The schema to migrate [default: public].
+    #[arg(long, global = true, env = "PGSHIFT_SCHEMA")]
+    pub schema: Option<String>,
     /// lock_timeout of each DDL attempt, in milliseconds.
     #[arg(
         long,
@@ -70,6 +66,9 @@ pub enum Command {
         /// Complete right after starting.
         #[arg(long, short = 'c')]
         complete: bool,
+        /// When a daemon runs the backfill, follow it to the end.
+        #[arg(long)]
+        wait: bool,
     },
     /// Complete the active migration: contract to the new shape.
     Complete,
@@ -98,6 +97,8 @@ pub enum Command {
     Plan { file: PathBuf },
     /// Run the wire proxy: clients connect here and each session sees its schema version.
     Proxy(crate::serve::ProxyArgs),
+    /// Run the daemon: proxy, background copier, metrics and health endpoints.
+    Daemon(crate::daemon::DaemonArgs),
     /// Check a migration file, and (unless --offline) that it fits the database.
     Validate {
         file: PathBuf,
@@ -113,12 +114,23 @@ impl Command {
     pub fn worker_threads(&self) -> Option<usize> {
         match self {
             Command::Proxy(a) if a.workers > 0 => Some(a.workers),
+            Command::Daemon(a) if a.workers > 0 => Some(a.workers),
             _ => None,
         }
     }
 }
 
 impl GlobalOpts {
+    pub fn url(&self) -> &str {
+        self.postgres_url
+            .as_deref()
+            .unwrap_or("postgres://postgres@localhost:5432/postgres")
+    }
+
+    pub fn schema(&self) -> &str {
+        self.schema.as_deref().unwrap_or("public")
+    }
+
     pub fn engine_options(&self) -> Result<Options> {
         if self.lock_retries == 0 {
             return Err(Error::config("--lock-retries must be at least 1"));
@@ -129,7 +141,7 @@ impl GlobalOpts {
             ));
         }
         Ok(Options {
-            schema: self.schema.clone(),
+            schema: self.schema().to_string(),
             lock: LockPolicy {
                 timeout: Duration::from_millis(self.lock_timeout),
                 attempts: self.lock_retries,
@@ -142,6 +154,7 @@ impl GlobalOpts {
                 ..BackfillOptions::default()
             },
             progress: self.progress,
+            handoff: false,
         })
     }
 }
@@ -149,22 +162,43 @@ impl GlobalOpts {
 /// Run a parsed command line; what it prints goes to stdout.
 pub async fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
-    if let Command::Proxy(args) = &cli.command {
-        return crate::serve::run(&g.postgres_url, &g.schema, args).await;
+    match &cli.command {
+        Command::Proxy(args) => return crate::serve::run(g.url(), g.schema(), args).await,
+        Command::Daemon(args) => return crate::daemon::run(g, args).await,
+        _ => {}
     }
     let opts = g.engine_options()?;
-    let connect = || Engine::connect(&g.postgres_url, opts.clone());
+    let connect = || Engine::connect(g.url(), opts.clone());
     match cli.command {
         Command::Init => {
             connect().await?.init().await?;
             println!("pgshift initialised");
         }
-        Command::Start { file, complete } => {
+        Command::Start {
+            file,
+            complete,
+            wait,
+        } => {
             let m = Migration::load(&file)?;
-            let e = connect().await?;
+            let opts = Options {
+                // Completing right away needs the backfill done here.
+                handoff: !complete,
+                ..opts.clone()
+            };
+            let e = Engine::connect(g.url(), opts).await?;
             let res = e.start(&m).await;
             e.release().await;
-            res?;
+            if let crate::engine::Started::HandedOff(pid) = res? {
+                if wait {
+                    e.wait_backfilled(&m.name).await?;
+                } else {
+                    println!(
+                        "migration {} expanded; the pgshift daemon (copier backend pid {pid}) runs the backfill: follow it with `pgshift status`",
+                        m.name
+                    );
+                    return Ok(());
+                }
+            }
             if complete {
                 let res = e.complete().await;
                 e.release().await;
@@ -242,7 +276,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             None => {
                 return Err(Error::state(format!(
                     "no migrations applied to schema {:?}",
-                    g.schema
+                    g.schema()
                 )))
             }
         },
@@ -251,7 +285,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             let plan = connect().await?.plan(&m).await?;
             print!("{}", plan.render());
         }
-        Command::Proxy(_) => unreachable!("handled above"),
+        Command::Proxy(_) | Command::Daemon(_) => unreachable!("handled above"),
         Command::Validate { file, offline } => {
             let m = Migration::load(&file)?;
             if !offline {

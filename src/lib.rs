@@ -12,8 +12,10 @@
 
 pub mod backfill;
 pub mod cli;
+pub mod daemon;
 pub mod engine;
 pub mod error;
+pub mod http;
 pub mod migration;
 pub mod ops;
 pub mod plan;

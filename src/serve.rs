@@ -158,7 +158,7 @@ pub async fn versions(client: &Client, schema: &str) -> Result<(Vec<Version>, Op
     Ok((versions, default))
 }
 
-async fn load_table(url: &str, schema: &str, rules: &[Rule]) -> Result<RoutingTable> {
+pub(crate) async fn load_table(url: &str, schema: &str, rules: &[Rule]) -> Result<RoutingTable> {
     let client = connect(url).await?;
     client
         .batch_execute(&format!(
@@ -167,7 +167,12 @@ async fn load_table(url: &str, schema: &str, rules: &[Rule]) -> Result<RoutingTa
         ))
         .await
         .map_err(|e| Error::db("", e))?;
-    let (versions, default) = versions(&client, schema).await?;
+    table_from(&client, schema, rules).await
+}
+
+/// The routing table of `schema` read over `client`, with `rules`.
+pub async fn table_from(client: &Client, schema: &str, rules: &[Rule]) -> Result<RoutingTable> {
+    let (versions, default) = versions(client, schema).await?;
     let database: String = client
         .query_one("SELECT current_database()::text", &[])
         .await
@@ -181,21 +186,8 @@ async fn load_table(url: &str, schema: &str, rules: &[Rule]) -> Result<RoutingTa
     })
 }
 
-fn install_metrics(addr: SocketAddr) -> Result<()> {
-    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-    let buckets = [
-        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-        5.0, 10.0,
-    ];
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
-        .and_then(|b| b.install())
-        .map_err(|e| Error::config(format!("--metrics-listen {addr}: {e}")))
-}
-
 /// Wait for SIGTERM or SIGINT.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -224,7 +216,9 @@ pub async fn run(url: &str, schema: &str, args: &ProxyArgs) -> Result<()> {
         .map(|r| Rule::parse(r).map_err(|e| Error::config(format!("--route: {e}"))))
         .collect::<Result<Vec<_>>>()?;
     if let Some(addr) = args.metrics_listen {
-        install_metrics(addr)?;
+        let metrics = crate::http::install_recorder()?;
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        crate::http::serve(addr, crate::http::Endpoints { metrics, ready }).await?;
     }
     let table = match load_table(url, schema, &rules).await {
         Ok(t) => t,

@@ -34,6 +34,18 @@ pub struct Options {
     pub lock: LockPolicy,
     pub backfill: BackfillOptions,
     pub progress: ProgressMode,
+    /// When a daemon leads the copier of the schema, `start` stops after the
+    /// expand steps and leaves the backfill to it.
+    pub handoff: bool,
+}
+
+/// How `start` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// Expanded and backfilled: the new version is usable.
+    Active,
+    /// Expanded; the daemon's copier (backend pid) runs the backfill.
+    HandedOff(i32),
 }
 
 impl Default for Options {
@@ -43,6 +55,7 @@ impl Default for Options {
             lock: LockPolicy::default(),
             backfill: BackfillOptions::default(),
             progress: ProgressMode::None,
+            handoff: false,
         }
     }
 }
@@ -95,7 +108,12 @@ pub struct Engine {
 
 impl Engine {
     pub async fn connect(url: &str, opts: Options) -> Result<Engine> {
-        let client = connect(url).await?;
+        Engine::with_client(connect(url).await?, opts).await
+    }
+
+    /// An engine on a connection the caller opened (the daemon's copier
+    /// keeps its leader lock and LISTEN on it).
+    pub async fn with_client(client: Client, opts: Options) -> Result<Engine> {
         // One round trip: every command pays it.
         client
             .batch_execute(&format!(
@@ -113,6 +131,11 @@ impl Engine {
 
     pub fn options(&self) -> &Options {
         &self.opts
+    }
+
+    /// Change how the next backfill paces itself (the daemon's SIGHUP).
+    pub fn set_backfill_options(&mut self, b: BackfillOptions) {
+        self.opts.backfill = b;
     }
 
     fn schema(&self) -> &str {
@@ -153,7 +176,7 @@ impl Engine {
     }
 
     /// Start (expand + backfill), or resume a crashed start of the same file.
-    pub async fn start(&self, m: &Migration) -> Result<()> {
+    pub async fn start(&self, m: &Migration) -> Result<Started> {
         self.init().await?;
         state::lock(&self.client, self.schema()).await?;
         let row = match state::active(&self.client, self.schema()).await? {
@@ -171,7 +194,7 @@ impl Engine {
                     }
                     Phase::Active => {
                         tracing::info!("migration {:?} is already started; nothing to do", a.name);
-                        return Ok(());
+                        return Ok(Started::Active);
                     }
                     Phase::Completing => {
                         return Err(Error::state(format!("migration {:?} is completing; run `pgshift complete` to finish it", a.name)))
@@ -228,7 +251,7 @@ impl Engine {
             }
         };
         match self.finish_start(&row).await {
-            Ok(()) => Ok(()),
+            Ok(s) => Ok(s),
             Err(e) => {
                 // An error (not a crash): undo everything so nothing stays
                 // half-applied. A crash instead leaves the cursor for a rerun.
@@ -244,7 +267,7 @@ impl Engine {
         }
     }
 
-    async fn finish_start(&self, row: &MigrationRow) -> Result<()> {
+    async fn finish_start(&self, row: &MigrationRow) -> Result<Started> {
         if row.phase == Phase::Starting {
             let cursor = Cursor {
                 schema: self.schema(),
@@ -268,6 +291,15 @@ impl Engine {
             )
             .await?;
         }
+        if self.opts.handoff && !row.plan.backfills.is_empty() {
+            if let Some(pid) = state::copier_leader(&self.client, self.schema()).await? {
+                tracing::info!(
+                    "migration {:?} expanded; the daemon's copier (backend pid {pid}) runs the backfill",
+                    row.name
+                );
+                return Ok(Started::HandedOff(pid));
+            }
+        }
         self.backfill(row).await?;
         state::set_phase(&self.client, self.schema(), &row.name, Phase::Active, 0).await?;
         tracing::info!(
@@ -275,7 +307,73 @@ impl Engine {
             row.name,
             row.version_schema
         );
-        Ok(())
+        Ok(Started::Active)
+    }
+
+    /// The daemon's copier: if the active migration waits for its backfill,
+    /// run it (resuming from the persisted marks) and make the migration
+    /// active. Returns the migration's name when it did.
+    pub async fn run_pending_backfill(&self) -> Result<Option<String>> {
+        if !state::initialized(&self.client).await? {
+            return Ok(None);
+        }
+        match state::active(&self.client, self.schema()).await? {
+            Some(r) if r.phase == Phase::Backfilling => {}
+            _ => return Ok(None),
+        }
+        state::lock(&self.client, self.schema()).await?;
+        let res = async {
+            // Re-read under the lock: a CLI may have finished it meanwhile.
+            let Some(row) = state::active(&self.client, self.schema())
+                .await?
+                .filter(|r| r.phase == Phase::Backfilling)
+            else {
+                return Ok(None);
+            };
+            tracing::info!("copier: backfilling {:?}", row.name);
+            self.backfill(&row).await?;
+            state::set_phase(&self.client, self.schema(), &row.name, Phase::Active, 0).await?;
+            tracing::info!("copier: {:?} is backfilled and active", row.name);
+            Ok(Some(row.name))
+        }
+        .await;
+        self.release().await;
+        res
+    }
+
+    /// Follow a handed-off backfill until the migration is active (or gone).
+    pub async fn wait_backfilled(&self, name: &str) -> Result<()> {
+        let mut reporter = progress::reporter(self.opts.progress);
+        let mut current: Option<String> = None;
+        let mut last_done: i64 = 0;
+        loop {
+            let row = state::active(&self.client, self.schema()).await?;
+            let Some(row) = row.filter(|r| r.name == name) else {
+                return Err(Error::state(format!(
+                    "migration {name:?} is no longer in progress (rolled back?)"
+                )));
+            };
+            let list = state::backfills(&self.client, self.schema(), name).await?;
+            // The table being copied: the first unfinished one, else the last.
+            if let Some(b) = list.iter().find(|b| !b.done).or(list.last()) {
+                if current.as_deref() == Some(b.table.as_str()) {
+                    reporter.advance(u64::try_from(b.rows_done - last_done).unwrap_or(0), 0);
+                } else {
+                    if current.is_some() {
+                        reporter.finish();
+                    }
+                    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+                    reporter.start(&b.table, n(b.rows_total), n(b.rows_done));
+                    current = Some(b.table.clone());
+                }
+                last_done = b.rows_done;
+            }
+            if row.phase != Phase::Backfilling {
+                reporter.finish();
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
     }
 
     async fn backfill(&self, row: &MigrationRow) -> Result<()> {

@@ -106,6 +106,38 @@ pub async fn initialized(client: &Client) -> Result<bool> {
 /// process holds it for its whole command.
 const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The channel pgshift notifies on every phase change, with payload
+/// `<schema>:<phase>:<migration>`; proxies and copiers listen to it.
+pub const CHANNEL: &str = "pgshift";
+
+/// Become the copier leader of `schema` (session advisory lock, held until
+/// the connection closes). Returns false when another process leads.
+pub async fn try_lead_copier(client: &Client, schema: &str) -> Result<bool> {
+    Ok(client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, hashtext('copier:' || $2))",
+            &[&LOCK_CLASS, &schema],
+        )
+        .await
+        .map_err(|e| Error::db("taking the copier leader lock", e))?
+        .get(0))
+}
+
+/// The backend pid of the copier leader of `schema`, if a daemon leads.
+pub async fn copier_leader(client: &Client, schema: &str) -> Result<Option<i32>> {
+    let row = client
+        .query_opt(
+            "SELECT l.pid FROM pg_locks l
+             WHERE l.locktype = 'advisory' AND l.classid = $1::int::oid AND l.granted
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND l.objid = hashtext('copier:' || $2)::oid AND l.objsubid = 2 LIMIT 1",
+            &[&LOCK_CLASS, &schema],
+        )
+        .await
+        .map_err(|e| Error::db("looking for a copier leader", e))?;
+    Ok(row.map(|r| r.get(0)))
+}
+
 /// Take the session-level advisory lock of `schema`, waiting at most
 /// [`LOCK_GRACE`], or fail naming the process that holds it. Released when
 /// the connection closes.
@@ -248,7 +280,10 @@ pub async fn set_phase(
     };
     client
         .execute(
-            &format!("UPDATE pgshift.migrations SET phase = $3, step = $4, updated_at = now(){extra} WHERE schema = $1 AND name = $2"),
+            &format!(
+                "WITH u AS (UPDATE pgshift.migrations SET phase = $3, step = $4, updated_at = now(){extra} WHERE schema = $1 AND name = $2 RETURNING 1)
+                 SELECT pg_notify('{CHANNEL}', $1 || ':' || $3 || ':' || $2) FROM u"
+            ),
             &[&schema, &name, &phase.as_str(), &step],
         )
         .await
@@ -263,7 +298,10 @@ pub const ADVANCE_STEP_SQL: &str =
 pub async fn delete(client: &Client, schema: &str, name: &str) -> Result<()> {
     client
         .execute(
-            "DELETE FROM pgshift.migrations WHERE schema = $1 AND name = $2",
+            &format!(
+                "WITH d AS (DELETE FROM pgshift.migrations WHERE schema = $1 AND name = $2 RETURNING 1)
+                 SELECT pg_notify('{CHANNEL}', $1 || ':rolled_back:' || $2) FROM d"
+            ),
             &[&schema, &name],
         )
         .await

@@ -1,0 +1,308 @@
+//! `pgshift daemon`: the proxy, the background copier and the metrics and
+//! health endpoints in one process. Migration state stays in the control
+//! schema (one source of truth); the daemon learns of changes through
+//! LISTEN/NOTIFY on [`CHANNEL`], with a slow poll as a fallback.
+//!
+//! Several daemons may serve one database: all run the proxy, one leads the
+//! copier (a session advisory lock); when the leader dies its lock goes with
+//! its connection and another daemon takes over from the persisted mark.
+
+pub mod config;
+
+use crate::engine::state::{self, CHANNEL};
+use crate::engine::{Engine, Options};
+use crate::error::{Error, Result};
+use crate::progress::ProgressMode;
+use config::{Config, Overrides};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+/// Options of `pgshift daemon` (the file's keys can be overridden here).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DaemonArgs {
+    /// TOML configuration file (see docs/daemon.md).
+    #[arg(long, env = "PGSHIFT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address the proxy accepts clients on [default: 127.0.0.1:6432].
+    #[arg(long, env = "PGSHIFT_LISTEN")]
+    pub listen: Option<String>,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "PGSHIFT_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Address of the admin console.
+    #[arg(long, env = "PGSHIFT_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+    /// Threads serving connections; 0 runs everything on one thread.
+    #[arg(long, env = "PGSHIFT_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+}
+
+/// Settings SIGHUP can change.
+struct Live {
+    config: Mutex<Config>,
+}
+
+impl Live {
+    fn get(&self) -> Config {
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// A connection that LISTENs on pgshift's channel; each notification is
+/// one message on the receiver, which closes when the connection does.
+async fn listening(url: &str, app: &str) -> Result<(Client, mpsc::UnboundedReceiver<String>)> {
+    let (client, mut conn) = tokio_postgres::connect(url, NoTls).await.map_err(|e| {
+        Error::db(
+            format!("cannot connect to {}", crate::engine::redact(url)),
+            e,
+        )
+    })?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(m) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            match m {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if tx.send(n.payload().to_string()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!("listening connection closed: {e}");
+                    return;
+                }
+            }
+        }
+    });
+    client
+        .batch_execute(&format!(
+            "SET application_name = {}; LISTEN {CHANNEL}",
+            crate::sql::literal(app)
+        ))
+        .await
+        .map_err(|e| Error::db("LISTEN", e))?;
+    Ok((client, rx))
+}
+
+/// Wait for a notification or `every`; false when the connection closed.
+async fn next_event(rx: &mut mpsc::UnboundedReceiver<String>, every: Duration) -> bool {
+    tokio::select! {
+        m = rx.recv() => m.is_some(),
+        _ = tokio::time::sleep(every) => true,
+    }
+}
+
+/// Keep the proxy's routing table in step with the control schema.
+async fn routes_loop(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>, ready: Arc<AtomicBool>) {
+    loop {
+        let cfg = live.get();
+        match listening(&cfg.postgres_url, "pgshift-daemon-routes").await {
+            Ok((client, mut rx)) => loop {
+                let cfg = live.get();
+                match crate::serve::table_from(&client, &cfg.schema, &cfg.routes).await {
+                    Ok(t) => {
+                        ready.store(true, Ordering::Release);
+                        if proxy.router.set(t) {
+                            let t = proxy.router.current();
+                            tracing::info!(
+                                versions = ?t.versions.iter().map(|v| &v.name).collect::<Vec<_>>(),
+                                default = ?t.default,
+                                "routing table changed"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        ready.store(false, Ordering::Release);
+                        tracing::warn!("reading routes: {e}");
+                        break;
+                    }
+                }
+                if !next_event(&mut rx, Duration::from_secs(5)).await {
+                    break;
+                }
+            },
+            Err(e) => tracing::warn!("routes: {e}"),
+        }
+        ready.store(false, Ordering::Release);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Lead the copier when no other daemon does, and run every backfill a
+/// `start` handed over.
+async fn copier_loop(live: Arc<Live>) {
+    let leader = metrics::gauge!("pgshift_copier_leader");
+    loop {
+        leader.set(0.0);
+        let cfg = live.get();
+        let (client, mut rx) = match listening(&cfg.postgres_url, "pgshift-copier").await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("copier: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        // Wait to lead (a leader that dies frees the lock with its connection).
+        let mut alive = true;
+        loop {
+            match state::try_lead_copier(&client, &cfg.schema).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!("copier: {e}");
+                    alive = false;
+                    break;
+                }
+            }
+            if !next_event(&mut rx, Duration::from_secs(1)).await {
+                alive = false;
+                break;
+            }
+        }
+        if !alive {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        tracing::info!(schema = %cfg.schema, "copier: this daemon leads the backfill");
+        leader.set(1.0);
+        let mut engine = match Engine::with_client(client, options(&cfg)).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("copier: {e}");
+                continue;
+            }
+        };
+        loop {
+            engine.set_backfill_options(live.get().backfill);
+            match engine.run_pending_backfill().await {
+                Ok(Some(name)) => tracing::info!("copier: backfill of {name:?} done"),
+                Ok(None) => {}
+                Err(e) => {
+                    metrics::counter!("pgshift_copier_errors_total").increment(1);
+                    tracing::warn!("copier: {e}");
+                }
+            }
+            if engine.client().is_closed() || !next_event(&mut rx, Duration::from_secs(2)).await {
+                break;
+            }
+        }
+    }
+}
+
+fn options(cfg: &Config) -> Options {
+    Options {
+        schema: cfg.schema.clone(),
+        backfill: cfg.backfill.clone(),
+        progress: ProgressMode::Log,
+        ..Options::default()
+    }
+}
+
+/// Wait for SIGHUP forever, reloading the configuration each time.
+async fn reload_loop(
+    live: Arc<Live>,
+    file: Option<PathBuf>,
+    over: Overrides,
+    proxy: Arc<pgshift_proxy::Proxy>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match config::load(file.as_deref(), &over) {
+            Ok(new) => {
+                let mut table = proxy.router.current().as_ref().clone();
+                table.rules = new.routes.clone();
+                proxy.router.set(table);
+                *live.config.lock().unwrap_or_else(|p| p.into_inner()) = new;
+                tracing::info!("configuration reloaded");
+            }
+            Err(e) => tracing::error!("configuration not reloaded, keeping the old one: {e}"),
+        }
+    }
+}
+
+/// Run the daemon until SIGTERM/SIGINT.
+pub async fn run(g: &crate::cli::GlobalOpts, args: &DaemonArgs) -> Result<()> {
+    let over = Overrides {
+        postgres_url: g.postgres_url.clone(),
+        schema: g.schema.clone(),
+        listen: args.listen.clone(),
+        metrics_listen: args.metrics_listen.clone(),
+        admin_listen: args.admin_listen.clone(),
+    };
+    let cfg = config::load(args.config.as_deref(), &over)?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let metrics = crate::http::install_recorder()?;
+    if let Some(addr) = cfg.metrics_listen {
+        crate::http::serve(
+            addr,
+            crate::http::Endpoints {
+                metrics,
+                ready: ready.clone(),
+            },
+        )
+        .await?;
+    }
+    if let Some(addr) = cfg.admin_listen {
+        tracing::warn!(%addr, "the admin console is not built yet; admin_listen is ignored");
+    }
+    let mut pcfg =
+        pgshift_proxy::ProxyConfig::new(crate::serve::upstream_from_url(&cfg.postgres_url)?);
+    if let Some(n) = cfg.proxy.max_message_size {
+        pcfg.max_message = n.max(1024);
+    }
+    if let Some(ms) = cfg.proxy.gate_max_hold_ms {
+        pcfg.gate_max_hold = Duration::from_millis(ms);
+    }
+    if let Some(s) = cfg.proxy.shutdown_timeout_s {
+        pcfg.shutdown_timeout = Duration::from_secs(s);
+    }
+    if let (Some(cert), Some(key)) = (&cfg.proxy.tls_cert, &cfg.proxy.tls_key) {
+        pcfg.tls = Some(pgshift_proxy::tls::server_config(cert, key).map_err(Error::config)?);
+    }
+    let proxy = pgshift_proxy::Proxy::new(
+        pcfg,
+        pgshift_proxy::RoutingTable {
+            rules: cfg.routes.clone(),
+            ..Default::default()
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|e| Error::io(format!("cannot listen on {}", cfg.listen), e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::io("listener address", e))?;
+    println!("pgshift daemon listening on {local}");
+    if let Some(m) = cfg.metrics_listen {
+        println!("metrics on http://{m}/metrics");
+    }
+    let live = Arc::new(Live {
+        config: Mutex::new(cfg),
+    });
+    let tasks = [
+        tokio::spawn(routes_loop(live.clone(), proxy.clone(), ready.clone())),
+        tokio::spawn(copier_loop(live.clone())),
+        tokio::spawn(reload_loop(
+            live.clone(),
+            args.config.clone(),
+            over,
+            proxy.clone(),
+        )),
+    ];
+    let res = pgshift_proxy::run(listener, proxy, crate::serve::shutdown_signal()).await;
+    for t in tasks {
+        t.abort();
+    }
+    res.map_err(|e| Error::io("proxy", e))
+}
