@@ -71,7 +71,15 @@ pub enum Command {
         wait: bool,
     },
     /// Complete the active migration: contract to the new shape.
-    Complete,
+    Complete {
+        /// Wait for a daemon's backfill to finish.
+        #[arg(long)]
+        wait: bool,
+        /// Wait this many seconds for proxy sessions on the old version to
+        /// leave, then close them (without it, complete refuses while they remain).
+        #[arg(long, value_name = "SECONDS")]
+        drain_timeout: Option<u64>,
+    },
     /// Roll back the active migration, removing everything it added.
     Rollback,
     /// Show the migration state.
@@ -212,9 +220,17 @@ pub async fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Complete => {
+        Command::Complete {
+            wait,
+            drain_timeout,
+        } => {
             let e = connect().await?;
-            let res = e.complete().await;
+            let res = e
+                .complete_with(&crate::engine::CompleteOptions {
+                    wait,
+                    drain_timeout: drain_timeout.map(Duration::from_secs),
+                })
+                .await;
             e.release().await;
             let name = res?;
             println!("migration {name} completed");

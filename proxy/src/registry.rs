@@ -34,6 +34,9 @@ pub struct SessionInfo {
     pub(crate) request_started: AtomicU64,
     /// Signalled at every ReadyForQuery.
     pub(crate) ready: Notify,
+    /// Set by [`Registry::terminate`]: the message the session is closed with.
+    pub(crate) kill: Mutex<Option<String>>,
+    pub(crate) killed: Notify,
 }
 
 impl SessionInfo {
@@ -58,6 +61,8 @@ impl SessionInfo {
             held: AtomicBool::new(false),
             request_started: AtomicU64::new(0),
             ready: Notify::new(),
+            kill: Mutex::new(None),
+            killed: Notify::new(),
         }
     }
 
@@ -206,6 +211,33 @@ impl Registry {
             *m.entry(version_label(&s.version)).or_insert(0) += 1;
         }
         m
+    }
+
+    /// Close every session for which `pick` is true with a FATAL
+    /// ErrorResponse (`57P01`) carrying `message`. Returns how many.
+    pub fn terminate(&self, pick: impl Fn(&SessionSnapshot) -> bool, message: &str) -> usize {
+        let chosen: Vec<Arc<SessionInfo>> = self
+            .lock()
+            .values()
+            .filter(|s| {
+                pick(&SessionSnapshot {
+                    id: s.id,
+                    version: s.version.clone(),
+                    user: s.user.clone(),
+                    database: s.database.clone(),
+                    application_name: s.application_name.clone(),
+                    client_addr: s.client_addr,
+                    state: s.state(),
+                    age: s.started.elapsed(),
+                })
+            })
+            .cloned()
+            .collect();
+        for s in &chosen {
+            *s.kill.lock().unwrap_or_else(|p| p.into_inner()) = Some(message.to_string());
+            s.killed.notify_one();
+        }
+        chosen.len()
     }
 
     /// Wait until no session is left.

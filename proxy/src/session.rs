@@ -327,6 +327,19 @@ async fn serve(
                 "terminating connection due to administrator command: pgshift is shutting down",
             ))
         }
+        Ok(End::Killed) => {
+            let _ = server.write_all(&terminate).await;
+            let why = info
+                .kill
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_default();
+            Err(fatal(
+                "57P01",
+                format!("terminating connection due to administrator command: {why}"),
+            ))
+        }
         Err(PumpError::ClientProtocol(e)) => {
             proxy_error("protocol");
             let _ = server.write_all(&terminate).await;
@@ -366,6 +379,7 @@ where
         r = client_to_server(cr, sw, cx) => r,
         r = server_to_client(sr, cw, cx) => r,
         _ = drained(cx.info, shutdown) => Ok(End::Shutdown),
+        _ = cx.info.killed.notified() => Ok(End::Killed),
     }
 }
 
@@ -380,6 +394,8 @@ enum End {
     /// Graceful shutdown reached this session at a transaction boundary (or
     /// its deadline passed).
     Shutdown,
+    /// Closed on request (`Registry::terminate`).
+    Killed,
 }
 
 enum PumpError {

@@ -99,36 +99,159 @@ async fn next_event(rx: &mut mpsc::UnboundedReceiver<String>, every: Duration) -
     }
 }
 
-/// Keep the proxy's routing table in step with the control schema.
-async fn routes_loop(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>, ready: Arc<AtomicBool>) {
+/// This daemon's row in `pgshift.daemons`.
+fn daemon_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}:{}:{:08x}", std::process::id(), fastrand::u32(..))
+}
+
+/// The sessions of the proxy as the control schema stores them.
+fn sessions_json(proxy: &pgshift_proxy::Proxy) -> serde_json::Value {
+    let rows: Vec<state::SessionRow> = proxy
+        .registry
+        .snapshot()
+        .into_iter()
+        .map(|s| state::SessionRow {
+            version: s.version,
+            user: s.user,
+            database: s.database,
+            application_name: s.application_name,
+            client_addr: s.client_addr.map(|a| a.to_string()),
+            state: s.state.as_str().to_string(),
+            age_s: s.age.as_secs(),
+        })
+        .collect();
+    serde_json::to_value(rows).unwrap_or_default()
+}
+
+async fn heartbeat(
+    client: &Client,
+    id: &str,
+    cfg: &Config,
+    listen: &str,
+    proxy: &pgshift_proxy::Proxy,
+    ack: Option<&str>,
+) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO pgshift.daemons (id, schema, listen, sessions, gate_ack) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE SET sessions = EXCLUDED.sessions, gate_ack = coalesce(EXCLUDED.gate_ack, pgshift.daemons.gate_ack), updated_at = now()",
+            &[&id, &cfg.schema, &listen, &sessions_json(proxy), &ack],
+        )
+        .await
+        .map_err(|e| Error::db("daemon heartbeat", e))?;
+    Ok(())
+}
+
+/// Carry out a request from a CLI (`req|action|arg|schema`); returns the
+/// id to acknowledge, if any.
+async fn handle_request(
+    payload: &str,
+    cfg: &Config,
+    proxy: &pgshift_proxy::Proxy,
+    closed_at: &mut Option<std::time::Instant>,
+) -> Option<String> {
+    let mut parts = payload.splitn(4, '|');
+    let (Some("req"), Some(action), Some(arg), Some(schema)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    if schema != cfg.schema {
+        return None;
+    }
+    match action {
+        "close_gate" => {
+            proxy.gate.close().await;
+            *closed_at = Some(std::time::Instant::now());
+            Some(arg.to_string())
+        }
+        "open_gate" => {
+            proxy.gate.open();
+            *closed_at = None;
+            Some(arg.to_string())
+        }
+        "drain" => {
+            let db = proxy.router.current().database.clone();
+            let n = proxy.registry.terminate(
+                |s| {
+                    s.version.as_deref() != Some(arg)
+                        && db.as_deref().is_none_or(|d| d == s.database)
+                },
+                &format!("version retired: pgshift completed migration {arg}; reconnect to use it"),
+            );
+            tracing::info!(keep = arg, closed = n, "drained sessions on other versions");
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Keep the proxy's routing table in step with the control schema, report
+/// this daemon's sessions every second, and carry out gate and drain
+/// requests.
+async fn control_loop(
+    live: Arc<Live>,
+    proxy: Arc<pgshift_proxy::Proxy>,
+    ready: Arc<AtomicBool>,
+    listen: String,
+) {
+    let id = daemon_id();
+    let mut closed_at: Option<std::time::Instant> = None;
     loop {
         let cfg = live.get();
-        match listening(&cfg.postgres_url, "pgshift-daemon-routes").await {
-            Ok((client, mut rx)) => loop {
-                let cfg = live.get();
-                match crate::serve::table_from(&client, &cfg.schema, &cfg.routes).await {
-                    Ok(t) => {
-                        ready.store(true, Ordering::Release);
-                        if proxy.router.set(t) {
-                            let t = proxy.router.current();
-                            tracing::info!(
-                                versions = ?t.versions.iter().map(|v| &v.name).collect::<Vec<_>>(),
-                                default = ?t.default,
-                                "routing table changed"
-                            );
+        match listening(&cfg.postgres_url, "pgshift-daemon").await {
+            Ok((client, mut rx)) => {
+                if let Err(e) = state::init(&client).await {
+                    tracing::warn!("control schema: {e}");
+                }
+                let mut ack: Option<String> = None;
+                loop {
+                    let cfg = live.get();
+                    let step = async {
+                        heartbeat(&client, &id, &cfg, &listen, &proxy, ack.as_deref()).await?;
+                        crate::serve::table_from(&client, &cfg.schema, &cfg.routes).await
+                    };
+                    match step.await {
+                        Ok(t) => {
+                            ready.store(true, Ordering::Release);
+                            if proxy.router.set(t) {
+                                let t = proxy.router.current();
+                                tracing::info!(
+                                    versions = ?t.versions.iter().map(|v| &v.name).collect::<Vec<_>>(),
+                                    default = ?t.default,
+                                    "routing table changed"
+                                );
+                            }
+                        }
+                        Err(e) => {
+                            ready.store(false, Ordering::Release);
+                            tracing::warn!("control: {e}");
+                            break;
                         }
                     }
-                    Err(e) => {
-                        ready.store(false, Ordering::Release);
-                        tracing::warn!("reading routes: {e}");
-                        break;
+                    // Fail safe: a CLI that died with the gate closed.
+                    if closed_at.is_some_and(|t| t.elapsed() > Duration::from_secs(30)) {
+                        tracing::warn!(
+                            "the gate was closed for 30 s without a reopen request; opening it"
+                        );
+                        proxy.gate.open();
+                        closed_at = None;
+                    }
+                    let msg = tokio::select! {
+                        m = rx.recv() => match m { Some(m) => Some(m), None => break },
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => None,
+                    };
+                    if let Some(m) = msg {
+                        if let Some(a) = handle_request(&m, &cfg, &proxy, &mut closed_at).await {
+                            ack = Some(a);
+                        }
                     }
                 }
-                if !next_event(&mut rx, Duration::from_secs(5)).await {
-                    break;
-                }
-            },
-            Err(e) => tracing::warn!("routes: {e}"),
+            }
+            Err(e) => tracing::warn!("control: {e}"),
         }
         ready.store(false, Ordering::Release);
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -291,7 +414,12 @@ pub async fn run(g: &crate::cli::GlobalOpts, args: &DaemonArgs) -> Result<()> {
         config: Mutex::new(cfg),
     });
     let tasks = [
-        tokio::spawn(routes_loop(live.clone(), proxy.clone(), ready.clone())),
+        tokio::spawn(control_loop(
+            live.clone(),
+            proxy.clone(),
+            ready.clone(),
+            local.to_string(),
+        )),
         tokio::spawn(copier_loop(live.clone())),
         tokio::spawn(reload_loop(
             live.clone(),

@@ -26,6 +26,10 @@ pub struct LockPolicy {
     /// First backoff; doubles per attempt up to `max_backoff`, with full jitter.
     pub backoff: Duration,
     pub max_backoff: Duration,
+    /// When daemons serve the schema (its name here), each attempt of a step
+    /// that takes a blocking lock runs with their proxies' gates closed, so
+    /// no lock queue forms behind it.
+    pub gate: Option<String>,
 }
 
 impl Default for LockPolicy {
@@ -35,6 +39,7 @@ impl Default for LockPolicy {
             attempts: 10,
             backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            gate: None,
         }
     }
 }
@@ -103,7 +108,31 @@ pub async fn run_step(
     let mut attempt = 0;
     loop {
         attempt += 1;
+        let gated = match &policy.gate {
+            Some(schema)
+                if step.lock_table.is_some()
+                    && !step.weak_lock
+                    && !matches!(step.action, Action::CreateIndex { .. }) =>
+            {
+                close_gates(client, schema).await?;
+                Some(schema)
+            }
+            _ => None,
+        };
         let res = attempt_step(client, step, cursor, policy).await;
+        if let Some(schema) = gated {
+            // Whatever happened, let the held sessions go.
+            if let Err(e) = state::request(
+                client,
+                schema,
+                "open_gate",
+                &format!("{:08x}", fastrand::u32(..)),
+            )
+            .await
+            {
+                tracing::warn!("reopening the proxies' gates: {e}");
+            }
+        }
         let e = match res {
             Ok(()) => return Ok(()),
             Err(Failure::Pgshift(e)) => return Err(e),
@@ -144,6 +173,31 @@ pub async fn run_step(
                 ))
             }
         }
+    }
+}
+
+/// Close the gates of every live daemon's proxy and wait (at most 2 s) for
+/// each to acknowledge; a daemon that does not answer is logged, not waited
+/// for (its holds fail open anyway).
+async fn close_gates(client: &Client, schema: &str) -> Result<()> {
+    let id = format!("{:08x}", fastrand::u32(..));
+    state::request(client, schema, "close_gate", &id).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let daemons = state::live_daemons(client, schema).await?;
+        let waiting: Vec<&str> = daemons
+            .iter()
+            .filter(|d| d.gate_ack.as_deref() != Some(id.as_str()))
+            .map(|d| d.id.as_str())
+            .collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            tracing::warn!(daemons = ?waiting, "proxies did not confirm closing their gate; going on");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

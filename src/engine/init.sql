@@ -40,6 +40,19 @@ CREATE TABLE IF NOT EXISTS pgshift.backfills (
     FOREIGN KEY (schema, migration) REFERENCES pgshift.migrations (schema, name) ON DELETE CASCADE
 );
 
+-- Running daemons: a heartbeat every second with their proxy's sessions, and
+-- the last gate request they carried out. Rows older than a few seconds are
+-- dead daemons and are ignored.
+CREATE TABLE IF NOT EXISTS pgshift.daemons (
+    id          text        PRIMARY KEY,
+    schema      name        NOT NULL,
+    listen      text        NOT NULL,
+    sessions    jsonb       NOT NULL DEFAULT '[]',
+    gate_ack    text,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
 CREATE TABLE IF NOT EXISTS pgshift.version (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     version     integer NOT NULL,

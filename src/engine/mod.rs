@@ -39,6 +39,16 @@ pub struct Options {
     pub handoff: bool,
 }
 
+/// How `complete` treats a daemon's backfill and old-version sessions.
+#[derive(Debug, Clone, Default)]
+pub struct CompleteOptions {
+    /// Wait for a daemon's backfill to finish instead of refusing.
+    pub wait: bool,
+    /// Wait this long for sessions on other versions to leave, then close
+    /// them; `None`: refuse while there are any.
+    pub drain_timeout: Option<std::time::Duration>,
+}
+
 /// How `start` ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Started {
@@ -131,6 +141,18 @@ impl Engine {
 
     pub fn options(&self) -> &Options {
         &self.opts
+    }
+
+    /// The lock policy, with the proxies' gates when daemons serve the schema.
+    async fn lock_policy(&self) -> Result<LockPolicy> {
+        let mut p = self.opts.lock.clone();
+        if !state::live_daemons(&self.client, self.schema())
+            .await?
+            .is_empty()
+        {
+            p.gate = Some(self.schema().to_string());
+        }
+        Ok(p)
     }
 
     /// Change how the next backfill paces itself (the daemon's SIGHUP).
@@ -279,7 +301,7 @@ impl Engine {
                 &row.plan.start,
                 row.step,
                 &cursor,
-                &self.opts.lock,
+                &self.lock_policy().await?,
             )
             .await?;
             state::set_phase(
@@ -341,6 +363,81 @@ impl Engine {
         res
     }
 
+    /// Sessions that daemons' proxies hold on versions other than `keep`,
+    /// for this database.
+    async fn old_sessions(&self, keep: &str) -> Result<Vec<state::SessionRow>> {
+        let db: String = self
+            .client
+            .query_one("SELECT current_database()::text", &[])
+            .await
+            .map_err(|e| Error::db("", e))?
+            .get(0);
+        Ok(state::live_daemons(&self.client, self.schema())
+            .await?
+            .into_iter()
+            .flat_map(|d| d.sessions)
+            .filter(|s| s.version.as_deref() != Some(keep) && s.database == db)
+            .collect())
+    }
+
+    async fn drain_old_sessions(
+        &self,
+        keep: &str,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<()> {
+        let old = self.old_sessions(keep).await?;
+        if old.is_empty() {
+            return Ok(());
+        }
+        let list = |v: &[state::SessionRow]| {
+            v.iter()
+                .map(|s| format!("  {s}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let Some(timeout) = timeout else {
+            return Err(Error::state(format!(
+                "{} session(s) still use another version than {keep:?} through the proxy; complete would break them:\n{}\nwait for them to leave, or pass --drain-timeout SECONDS to close them after that long",
+                old.len(),
+                list(&old)
+            )));
+        };
+        tracing::info!(
+            "waiting up to {:?} for {} old-version session(s) to leave:\n{}",
+            timeout,
+            old.len(),
+            list(&old)
+        );
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            if self.old_sessions(keep).await?.is_empty() {
+                return Ok(());
+            }
+        }
+        let left = self.old_sessions(keep).await?;
+        if left.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(
+            "drain timeout passed; closing {} session(s):\n{}",
+            left.len(),
+            list(&left)
+        );
+        state::request(&self.client, self.schema(), "drain", keep).await?;
+        // The daemons report the closed sessions within a heartbeat.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !self.old_sessions(keep).await?.is_empty() {
+            if std::time::Instant::now() > deadline {
+                return Err(Error::state(
+                    "old-version sessions were asked to close but the daemons still report them",
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
     /// Follow a handed-off backfill until the migration is active (or gone).
     pub async fn wait_backfilled(&self, name: &str) -> Result<()> {
         let mut reporter = progress::reporter(self.opts.progress);
@@ -393,6 +490,31 @@ impl Engine {
 
     /// Complete the active migration (contract). Returns its name.
     pub async fn complete(&self) -> Result<String> {
+        self.complete_with(&CompleteOptions::default()).await
+    }
+
+    /// Complete, first waiting for a daemon's backfill (`wait`) and for the
+    /// proxies' sessions on other versions to leave (`drain_timeout`; then
+    /// they are closed). Without a drain timeout such sessions make it refuse.
+    pub async fn complete_with(&self, o: &CompleteOptions) -> Result<String> {
+        if state::initialized(&self.client).await? {
+            if let Some(a) = state::active(&self.client, self.schema()).await? {
+                if a.phase == Phase::Backfilling
+                    && state::copier_leader(&self.client, self.schema())
+                        .await?
+                        .is_some()
+                {
+                    if !o.wait {
+                        return Err(Error::state(format!(
+                            "the pgshift daemon is still backfilling {:?}; run `pgshift complete --wait` to wait for it",
+                            a.name
+                        )));
+                    }
+                    self.wait_backfilled(&a.name).await?;
+                }
+                self.drain_old_sessions(&a.name, o.drain_timeout).await?;
+            }
+        }
         let row = self.locked_active("complete").await?;
         match row.phase {
             Phase::Starting => {
@@ -433,7 +555,7 @@ impl Engine {
             &row.plan.complete,
             from,
             &cursor,
-            &self.opts.lock,
+            &self.lock_policy().await?,
         )
         .await?;
         state::set_phase(&self.client, self.schema(), &row.name, Phase::Complete, 0).await?;
@@ -501,7 +623,7 @@ impl Engine {
             &row.plan.rollback,
             from,
             &cursor,
-            &self.opts.lock,
+            &self.lock_policy().await?,
         )
         .await?;
         state::delete(&self.client, self.schema(), &row.name).await?;

@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::plan::Plan;
+use serde::Serialize;
 use std::fmt;
 use tokio_postgres::Client;
 
@@ -109,6 +110,84 @@ const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// The channel pgshift notifies on every phase change, with payload
 /// `<schema>:<phase>:<migration>`; proxies and copiers listen to it.
 pub const CHANNEL: &str = "pgshift";
+
+/// A daemon that reported in the last few seconds.
+#[derive(Debug, Clone)]
+pub struct DaemonRow {
+    pub id: String,
+    pub listen: String,
+    pub sessions: Vec<SessionRow>,
+    pub gate_ack: Option<String>,
+}
+
+/// A proxy session as a daemon reports it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct SessionRow {
+    pub version: Option<String>,
+    pub user: String,
+    pub database: String,
+    pub application_name: String,
+    pub client_addr: Option<String>,
+    pub state: String,
+    pub age_s: u64,
+}
+
+impl std::fmt::Display for SessionRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "version {} user {:?} application {:?} from {} connected {} s ago ({})",
+            self.version.as_deref().unwrap_or("(base)"),
+            self.user,
+            self.application_name,
+            self.client_addr.as_deref().unwrap_or("?"),
+            self.age_s,
+            self.state
+        )
+    }
+}
+
+/// Daemons serving `schema` that reported within 5 s.
+pub async fn live_daemons(client: &Client, schema: &str) -> Result<Vec<DaemonRow>> {
+    let rows = client
+        .query(
+            "SELECT id, listen, sessions, gate_ack FROM pgshift.daemons
+             WHERE schema = $1 AND updated_at > now() - interval '5 seconds' ORDER BY id",
+            &[&schema],
+        )
+        .await;
+    let rows = match rows {
+        Ok(r) => r,
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            return Ok(vec![])
+        }
+        Err(e) => return Err(Error::db("reading pgshift.daemons", e)),
+    };
+    Ok(rows
+        .iter()
+        .map(|r| DaemonRow {
+            id: r.get(0),
+            listen: r.get(1),
+            sessions: serde_json::from_value(r.get(2)).unwrap_or_default(),
+            gate_ack: r.get(3),
+        })
+        .collect())
+}
+
+/// Ask every daemon of `schema` to act: `close_gate` / `open_gate` (`arg`:
+/// a request id they acknowledge in `gate_ack`) or `drain` (`arg`: the
+/// version to keep; sessions on any other are closed). Payload
+/// `req|<action>|<arg>|<schema>`.
+pub async fn request(client: &Client, schema: &str, action: &str, arg: &str) -> Result<()> {
+    client
+        .execute(
+            &format!("SELECT pg_notify('{CHANNEL}', 'req|' || $1 || '|' || $2 || '|' || $3)"),
+            &[&action, &arg, &schema],
+        )
+        .await
+        .map_err(|e| Error::db(format!("asking the daemons to {action}"), e))?;
+    Ok(())
+}
 
 /// Become the copier leader of `schema` (session advisory lock, held until
 /// the connection closes). Returns false when another process leads.

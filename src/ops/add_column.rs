@@ -95,11 +95,14 @@ pub async fn plan(op: &AddColumn, p: &mut Planner<'_>) -> Result<()> {
             ));
         }
         let nn = bounded_name("_pgshift_nn_", &c.name);
-        stmts.push(format!(
-            "ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID",
-            ident(&nn),
-            ident(&temp)
-        ));
+        p.constrain(
+            &table.physical,
+            format!(
+                "ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID",
+                ident(&nn),
+                ident(&temp)
+            ),
+        );
         p.complete_at(
             Stage::Validate,
             Step::sql(
@@ -123,11 +126,14 @@ pub async fn plan(op: &AddColumn, p: &mut Planner<'_>) -> Result<()> {
     if let Some(chk) = &c.check {
         check_ident(p, "column.check.name", &chk.name)?;
         let expr = rewrite_column_refs(&chk.constraint, &c.name, &temp);
-        stmts.push(format!(
-            "ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({expr}){} NOT VALID",
-            ident(&chk.name),
-            if chk.no_inherit { " NO INHERIT" } else { "" }
-        ));
+        p.constrain(
+            &table.physical,
+            format!(
+                "ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({expr}){} NOT VALID",
+                ident(&chk.name),
+                if chk.no_inherit { " NO INHERIT" } else { "" }
+            ),
+        );
         p.complete_at(
             Stage::Validate,
             Step::sql(
@@ -139,12 +145,15 @@ pub async fn plan(op: &AddColumn, p: &mut Planner<'_>) -> Result<()> {
     }
     if let Some(r) = &c.references {
         check_ident(p, "column.references.name", &r.name)?;
-        stmts.push(format!(
-            "ALTER TABLE {t} ADD CONSTRAINT {} FOREIGN KEY ({}) {} NOT VALID",
-            ident(&r.name),
-            ident(&temp),
-            fk_clause(p, "column.references", r)?
-        ));
+        p.constrain(
+            &table.physical,
+            format!(
+                "ALTER TABLE {t} ADD CONSTRAINT {} FOREIGN KEY ({}) {} NOT VALID",
+                ident(&r.name),
+                ident(&temp),
+                fk_clause(p, "column.references", r)?
+            ),
+        );
         p.complete_at(
             Stage::Validate,
             Step::sql(

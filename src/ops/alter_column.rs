@@ -152,11 +152,14 @@ pub async fn plan(op: &AlterColumn, p: &mut Planner<'_>) -> Result<()> {
     };
     if !nullable {
         let nn = bounded_name("_pgshift_nn_", &col.name);
-        stmts.push(format!(
-            "ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID",
-            ident(&nn),
-            ident(&temp)
-        ));
+        p.constrain(
+            &table.physical,
+            format!(
+                "ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID",
+                ident(&nn),
+                ident(&temp)
+            ),
+        );
         validate(p, &nn);
         p.cutover_post.push((
             table.physical.clone(),
@@ -173,21 +176,27 @@ pub async fn plan(op: &AlterColumn, p: &mut Planner<'_>) -> Result<()> {
     if let Some(chk) = &op.check {
         check_ident(p, "check.name", &chk.name)?;
         let expr = rewrite_column_refs(&chk.constraint, &col.name, &temp);
-        stmts.push(format!(
-            "ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({expr}){} NOT VALID",
-            ident(&chk.name),
-            if chk.no_inherit { " NO INHERIT" } else { "" }
-        ));
+        p.constrain(
+            &table.physical,
+            format!(
+                "ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({expr}){} NOT VALID",
+                ident(&chk.name),
+                if chk.no_inherit { " NO INHERIT" } else { "" }
+            ),
+        );
         validate(p, &chk.name);
     }
     if let Some(r) = &op.references {
         check_ident(p, "references.name", &r.name)?;
-        stmts.push(format!(
-            "ALTER TABLE {t} ADD CONSTRAINT {} FOREIGN KEY ({}) {} NOT VALID",
-            ident(&r.name),
-            ident(&temp),
-            fk_clause(p, "references", r)?
-        ));
+        p.constrain(
+            &table.physical,
+            format!(
+                "ALTER TABLE {t} ADD CONSTRAINT {} FOREIGN KEY ({}) {} NOT VALID",
+                ident(&r.name),
+                ident(&temp),
+                fk_clause(p, "references", r)?
+            ),
+        );
         validate(p, &r.name);
     }
     // Carry the original's single-column checks and foreign keys over, unless
@@ -223,10 +232,13 @@ pub async fn plan(op: &AlterColumn, p: &mut Planner<'_>) -> Result<()> {
                 _ => continue,
             };
             let def = def.trim_end_matches(" NOT VALID").to_string();
-            stmts.push(format!(
-                "ALTER TABLE {t} ADD CONSTRAINT {} {def} NOT VALID",
-                ident(&copy)
-            ));
+            p.constrain(
+                &table.physical,
+                format!(
+                    "ALTER TABLE {t} ADD CONSTRAINT {} {def} NOT VALID",
+                    ident(&copy)
+                ),
+            );
             validate(p, &copy);
             p.cutover_post.push((
                 table.physical.clone(),

@@ -186,6 +186,11 @@ pub struct Planner<'a> {
     pub cutover_post: Vec<(String, String)>,
     pub rollback: Vec<Step>,
     pub triggers: Vec<TriggerSpec>,
+    /// Constraints on new columns, keyed by physical table: added (NOT
+    /// VALID) in the transaction that installs the table's dual-write
+    /// trigger, never before it; otherwise old-version writes in between
+    /// would leave the new column NULL and break them.
+    pub after_trigger: Vec<(String, String)>,
     /// Index of the operation being planned, for error messages.
     pub op_index: usize,
     pub op_kind: &'static str,
@@ -240,6 +245,12 @@ impl<'a> Planner<'a> {
         self.triggers.push(TriggerSpec::new(&self.schema, table));
         let last = self.triggers.len() - 1;
         &mut self.triggers[last]
+    }
+
+    /// Add `sql` (an `ADD CONSTRAINT ... NOT VALID` on a new column of
+    /// `table`) once the dual-write trigger fills that column.
+    pub fn constrain(&mut self, table: &str, sql: String) {
+        self.after_trigger.push((table.to_string(), sql));
     }
 
     pub fn complete_at(&mut self, stage: Stage, mut step: Step) {
@@ -306,6 +317,7 @@ pub async fn plan(
         cutover_post: vec![],
         rollback: vec![],
         triggers: vec![],
+        after_trigger: vec![],
         op_index: 0,
         op_kind: "",
         has_raw_sql: false,
@@ -413,7 +425,12 @@ fn finish(mut p: Planner<'_>, previous_version_schema: Option<String>) -> Result
                 sets: t.up.clone(),
             });
         }
-        let body = triggers::install_sql(t, &table, base_table, &p.version_schema, needs_backfill);
+        let mut body =
+            triggers::install_sql(t, &table, base_table, &p.version_schema, needs_backfill);
+        for (_, sql) in p.after_trigger.iter().filter(|(tbl, _)| *tbl == t.table) {
+            body.push_str(";\n");
+            body.push_str(sql);
+        }
         p.start.push(
             Step::sql(format!("install dual-write trigger on {}", t.table), body)
                 .on_table(&schema, &t.table),
@@ -427,6 +444,26 @@ fn finish(mut p: Planner<'_>, previous_version_schema: Option<String>) -> Result
             .guarded(p.relation_exists_guard(&t.table))
             .on_table(&schema, &t.table),
         );
+    }
+
+    // Constraints on new columns of tables without a trigger (nothing fills
+    // those columns, so nothing can break in between).
+    let mut untriggered: Vec<String> = Vec::new();
+    for (tbl, _) in &p.after_trigger {
+        if !triggers.iter().any(|t| t.table == *tbl) && !untriggered.contains(tbl) {
+            untriggered.push(tbl.clone());
+        }
+    }
+    for tbl in untriggered {
+        let sql = p
+            .after_trigger
+            .iter()
+            .filter(|(t, _)| *t == tbl)
+            .map(|(_, s)| s.clone())
+            .collect::<Vec<_>>()
+            .join(";\n");
+        p.start
+            .push(Step::sql(format!("add constraints on {tbl}"), sql).on_table(&schema, &tbl));
     }
 
     // Cut-over: per physical table, one transaction.

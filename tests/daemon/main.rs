@@ -104,12 +104,6 @@ async fn start_hands_the_backfill_to_the_daemon_and_the_proxy_learns_the_version
     let d = Daemon::start(&db, "").await;
     until("the daemon to lead the copier and be ready", || async {
         d.http("/readyz").await.starts_with("HTTP/1.1 200")
-            && rows(
-                &c,
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgshift-copier'",
-            )
-            .await
-                == "1"
     })
     .await;
     // The copier leads once its advisory lock shows.
@@ -212,5 +206,223 @@ async fn a_bad_config_file_names_the_key_and_line() {
             && err.contains("line 3")
             && err.contains("unknown field `batch_target`"),
         "{err}"
+    );
+}
+
+/// A client loop through the proxy until `stop`; returns (statements, failures).
+async fn client_loop(
+    url: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    new_side: bool,
+    first_id: i32,
+) -> (u64, Vec<String>) {
+    use std::sync::atomic::Ordering;
+    let c = support::connect(&url).await;
+    let (mut ok, mut failed) = (0u64, Vec::new());
+    let mut id = first_id;
+    while !stop.load(Ordering::Acquire) {
+        id += 1;
+        let target = 1 + (id % 20000);
+        let stmts = if new_side {
+            vec![
+                format!("INSERT INTO users (id, full_name, score, visits) VALUES ({id}, 'new{id}', 7, 1)"),
+                format!("UPDATE users SET score = score + 0, visits = visits + 1 WHERE id = {target}"),
+                format!("SELECT full_name, score + 1, visits FROM users WHERE id = {target}"),
+            ]
+        } else {
+            vec![
+                format!("INSERT INTO users (id, name, score) VALUES ({id}, 'old{id}', '3')"),
+                format!("UPDATE users SET name = name WHERE id = {target}"),
+                format!("SELECT name, score || '' FROM users WHERE id = {target}"),
+            ]
+        };
+        for s in stmts {
+            match c.batch_execute(&s).await {
+                Ok(()) => ok += 1,
+                Err(e) => failed.push(format!("{s}: {e:?}")),
+            }
+        }
+    }
+    (ok, failed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_and_new_clients_see_no_failure_through_a_whole_migration() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let db = support::fresh_db("d_zero").await;
+    let c = db.client().await;
+    c.batch_execute(SETUP).await.unwrap();
+    let d = Daemon::start(&db, "[backfill]\nbatch_size = 2000\n").await;
+    until("the daemon to be ready", || async {
+        d.http("/readyz").await.starts_with("HTTP/1.1 200")
+    })
+    .await;
+    let stop_old = Arc::new(AtomicBool::new(false));
+    let stop_new = Arc::new(AtomicBool::new(false));
+    let old: Vec<_> = (0..2)
+        .map(|i| {
+            tokio::spawn(client_loop(
+                d.url(&db.name, "?application_name=old-app"),
+                stop_old.clone(),
+                false,
+                100_000 + i * 100_000,
+            ))
+        })
+        .collect();
+    let dir = support::temp_dir("d-zero");
+    let f = support::write_migration(&dir, "m1", MIGRATION);
+    let fs = f.to_str().unwrap().to_string();
+    let url = db.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pgshift"))
+            .args(["start", &fs, "--wait", "--progress", "none"])
+            .env("PGSHIFT_POSTGRES_URL", &url)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new_url = d.url(
+        &db.name,
+        "?application_name=new-app&options=-c%20pgshift.version%3Dm1",
+    );
+    until("the proxy to learn version m1", || async {
+        tokio_postgres::connect(&new_url, tokio_postgres::NoTls)
+            .await
+            .is_ok()
+    })
+    .await;
+    let new: Vec<_> = (0..2)
+        .map(|i| {
+            tokio::spawn(client_loop(
+                new_url.clone(),
+                stop_new.clone(),
+                true,
+                500_000 + i * 100_000,
+            ))
+        })
+        .collect();
+    // Both versions run together for a while, then the old app is retired.
+    until("both sides to have written", || async {
+        rows(&c, "SELECT count(*) FILTER (WHERE id BETWEEN 100000 AND 499999) > 50 AND count(*) FILTER (WHERE id >= 500000) > 50 FROM users").await == "t"
+    })
+    .await;
+    stop_old.store(true, Ordering::Release);
+    let mut total = 0;
+    for t in old {
+        let (n, failed) = t.await.unwrap();
+        assert!(failed.is_empty(), "old-version failures: {failed:?}");
+        total += n;
+    }
+    let url = db.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pgshift"))
+            .args(["complete", "--drain-timeout", "5"])
+            .env("PGSHIFT_POSTGRES_URL", &url)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The new version keeps working after complete.
+    let before = rows(&c, "SELECT count(*) FROM users").await;
+    until("new clients to write after complete", || async {
+        rows(&c, "SELECT count(*) FROM users").await != before
+    })
+    .await;
+    stop_new.store(true, Ordering::Release);
+    for t in new {
+        let (n, failed) = t.await.unwrap();
+        assert!(failed.is_empty(), "new-version failures: {failed:?}");
+        total += n;
+    }
+    assert!(total > 300, "only {total} statements ran");
+    assert_eq!(
+        rows(&c, "SELECT count(*) FILTER (WHERE full_name IS NULL OR score IS NULL OR visits IS NULL), count(*) FILTER (WHERE id <= 20000 AND score <> id % 10) FROM users").await,
+        "0|0"
+    );
+    assert_eq!(rows(&c, "SELECT count(*) FROM users WHERE id BETWEEN 100000 AND 499999 AND (score <> 3 OR full_name NOT LIKE 'old%')").await, "0");
+}
+
+#[tokio::test]
+async fn complete_refuses_while_old_sessions_remain_then_drains_them() {
+    let db = support::fresh_db("d_drain").await;
+    let c = db.client().await;
+    c.batch_execute(SETUP).await.unwrap();
+    let d = Daemon::start(&db, "").await;
+    until("the daemon to be ready", || async {
+        d.http("/readyz").await.starts_with("HTTP/1.1 200")
+    })
+    .await;
+    let (old, old_conn) = tokio_postgres::connect(
+        &d.url(&db.name, "?application_name=legacy-report"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    let old_conn = tokio::spawn(old_conn);
+    assert_eq!(rows(&old, "SELECT count(name) FROM users").await, "20000");
+    let dir = support::temp_dir("d-drain");
+    let f = support::write_migration(&dir, "m1", MIGRATION);
+    db.pgshift(&["start", f.to_str().unwrap(), "--wait", "--progress", "none"])
+        .ok();
+    let new_url = d.url(&db.name, "?options=-c%20pgshift.version%3Dm1");
+    until("the proxy to learn m1", || async {
+        tokio_postgres::connect(&new_url, tokio_postgres::NoTls)
+            .await
+            .is_ok()
+    })
+    .await;
+    let new = support::connect(&new_url).await;
+    until("the daemon to report both sessions", || async {
+        rows(
+            &c,
+            "SELECT jsonb_array_length(sessions) FROM pgshift.daemons",
+        )
+        .await
+            == "2"
+    })
+    .await;
+    let refused = db.pgshift(&["complete"]);
+    refused.failed();
+    assert!(
+        refused
+            .stderr
+            .contains("1 session(s) still use another version than \"m1\""),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("application \"legacy-report\""),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        rows(&c, "SELECT phase FROM pgshift.migrations").await,
+        "active"
+    );
+    db.pgshift(&["complete", "--drain-timeout", "1"]).ok();
+    let err = old_conn.await.unwrap().unwrap_err();
+    let db_err = err.as_db_error().unwrap();
+    assert_eq!(db_err.code().code(), "57P01");
+    assert!(
+        db_err.message().contains("version retired"),
+        "{}",
+        db_err.message()
+    );
+    assert_eq!(
+        rows(&new, "SELECT count(full_name) FROM users").await,
+        "20000"
     );
 }

@@ -254,3 +254,40 @@ async fn validation_waits_out_a_vacuum_like_lock_without_blocking_writes() {
         "t"
     );
 }
+
+#[tokio::test]
+async fn old_writes_between_expand_steps_are_not_rejected() {
+    // Stop right after the first start step (the new column exists, the
+    // trigger does not yet): an old-version insert must still succeed, and
+    // the resumed start fills it.
+    let db = support::fresh_db("between_steps").await;
+    let c = db.client().await;
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, a text); INSERT INTO t VALUES (1, 'x')")
+        .await
+        .unwrap();
+    let dir = support::temp_dir("between_steps");
+    let f = support::write_migration(
+        &dir,
+        "m1",
+        "operations:\n  - add_column: {table: t, up: upper(a), column: {name: b, type: text, nullable: false, check: {name: b_nonempty, constraint: length(b) > 0}}}\n",
+    );
+    let out = db.pgshift_env(
+        &["start", f.to_str().unwrap()],
+        &[("PGSHIFT_CRASH_AT", "starting:1")],
+    );
+    assert!(
+        out.code.is_none() || out.code == Some(137),
+        "{}",
+        out.stderr
+    );
+    c.batch_execute("INSERT INTO t (id, a) VALUES (2, 'y')")
+        .await
+        .unwrap();
+    db.pgshift(&["start", f.to_str().unwrap(), "--progress", "none"])
+        .ok();
+    db.pgshift(&["complete"]).ok();
+    assert_eq!(
+        support::rows(&c, "SELECT string_agg(b, ',' ORDER BY id) FROM t").await,
+        "X,Y"
+    );
+}
