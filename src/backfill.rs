@@ -20,6 +20,78 @@ use crate::sql::{ident, ident_list, literal, qualified};
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
+/// Live control of a running copier (the daemon's console and CLI verbs):
+/// pause, a throttle with its reason, and a rate limit. Checked before every
+/// batch.
+#[derive(Debug, Default)]
+pub struct Control {
+    paused: std::sync::atomic::AtomicBool,
+    /// Rows per second; 0: unlimited.
+    rate_limit: std::sync::atomic::AtomicU64,
+    throttle: std::sync::Mutex<Option<String>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Control {
+    pub fn set_paused(&self, paused: bool) {
+        self.paused
+            .store(paused, std::sync::atomic::Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    pub fn paused(&self) -> bool {
+        self.paused.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn set_rate_limit(&self, rows_per_second: u64) {
+        self.rate_limit
+            .store(rows_per_second, std::sync::atomic::Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    pub fn rate_limit(&self) -> u64 {
+        self.rate_limit.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Throttle (with the reason shown to operators) or release.
+    pub fn set_throttle(&self, reason: Option<String>) {
+        let mut t = self.throttle.lock().unwrap_or_else(|p| p.into_inner());
+        if *t != reason {
+            *t = reason;
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Why the copier waits now, if it does.
+    pub fn holding(&self) -> Option<String> {
+        if self.paused() {
+            return Some("paused by an operator".into());
+        }
+        self.throttle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Wait while paused or throttled.
+    async fn wait(&self) {
+        let gauge = metrics::gauge!("pgshift_backfill_throttled");
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let Some(reason) = self.holding() else {
+                gauge.set(0.0);
+                return;
+            };
+            gauge.set(1.0);
+            tracing::info!("copier waiting: {reason}");
+            // Re-check at least every second (a throttle can lapse silently).
+            let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
+        }
+    }
+}
+
 /// How the copier paces itself.
 #[derive(Debug, Clone)]
 pub struct BackfillOptions {
@@ -36,6 +108,8 @@ pub struct BackfillOptions {
     /// lock timeout or deadlock.
     pub lock_timeout: Duration,
     pub attempts: u32,
+    /// Live control (daemon); `None` for the CLI.
+    pub control: Option<std::sync::Arc<Control>>,
 }
 
 impl Default for BackfillOptions {
@@ -48,6 +122,7 @@ impl Default for BackfillOptions {
             max_batch: 200_000,
             lock_timeout: Duration::from_secs(2),
             attempts: 10,
+            control: None,
         }
     }
 }
@@ -253,7 +328,21 @@ pub async fn run(
             }
         }
     }
+    let labels = [("table", spec.table.clone())];
+    let m_done = metrics::gauge!("pgshift_backfill_rows_done", &labels);
+    let m_total = metrics::gauge!("pgshift_backfill_rows_total", &labels);
+    let m_left = metrics::gauge!("pgshift_backfill_rows_remaining", &labels);
+    let m_rate = metrics::gauge!("pgshift_backfill_rows_per_second", &labels);
+    let m_eta = metrics::gauge!("pgshift_backfill_eta_seconds", &labels);
+    let m_batch = metrics::histogram!("pgshift_backfill_batch_duration_seconds", &labels);
+    let m_rows = metrics::counter!("pgshift_backfill_rows_copied_total", &labels);
+    m_total.set(total as f64);
+    let mut done_total = u64::try_from(done_rows).unwrap_or(0);
+    let copy_began = Instant::now();
     loop {
+        if let Some(c) = &opts.control {
+            c.wait().await;
+        }
         let size_param = i64::try_from(size).unwrap_or(i64::MAX);
         let began = Instant::now();
         let int_last: Option<i64> = match last.as_deref() {
@@ -305,6 +394,15 @@ pub async fn run(
         }
         let elapsed = began.elapsed();
         tracing::debug!(table = %spec.table, batch = batch_no, rows = n, size, ms = elapsed.as_millis() as u64, "backfill batch committed");
+        done_total += n;
+        let rate = updated_now as f64 / copy_began.elapsed().as_secs_f64().max(1e-3);
+        let left = u64::try_from(total).unwrap_or(0).saturating_sub(done_total);
+        m_done.set(done_total as f64);
+        m_left.set(left as f64);
+        m_rate.set(rate);
+        m_eta.set(if rate > 0.0 { left as f64 / rate } else { 0.0 });
+        m_batch.record(elapsed.as_secs_f64());
+        m_rows.increment(n);
         progress.advance(n, size);
         failpoint::hit("backfill", batch_no, false);
         last = Some(hi);
@@ -313,6 +411,18 @@ pub async fn run(
         }
         if !opts.delay.is_zero() {
             tokio::time::sleep(opts.delay).await;
+        }
+        // A rate limit stretches each batch to rows / limit seconds.
+        if let Some(limit) = opts
+            .control
+            .as_ref()
+            .map(|c| c.rate_limit())
+            .filter(|l| *l > 0)
+        {
+            let min = Duration::from_secs_f64(n as f64 / limit as f64);
+            if let Some(rest) = min.checked_sub(began.elapsed()) {
+                tokio::time::sleep(rest).await;
+            }
         }
     }
     client

@@ -82,6 +82,13 @@ pub enum Command {
     },
     /// Roll back the active migration, removing everything it added.
     Rollback,
+    /// Hold the daemon's copier before its next batch.
+    Pause,
+    /// Let the daemon's copier go on.
+    Resume,
+    /// Change a live copier setting (rate_limit, batch_target_ms, batch_size,
+    /// max_p99_ms, max_replica_lag_ms, paused).
+    Set { key: String, value: String },
     /// Show the migration state.
     Status {
         /// Print JSON.
@@ -242,6 +249,19 @@ pub async fn run(cli: Cli) -> Result<()> {
             let name = res?;
             println!("migration {name} rolled back");
         }
+        Command::Pause | Command::Resume | Command::Set { .. } => {
+            let (key, value) = match &cli.command {
+                Command::Pause => ("paused".to_string(), "true".to_string()),
+                Command::Resume => ("paused".to_string(), "false".to_string()),
+                Command::Set { key, value } => (key.clone(), value.clone()),
+                _ => unreachable!("matched above"),
+            };
+            crate::engine::state::check_setting(&key, &value)?;
+            let e = connect().await?;
+            e.init().await?;
+            crate::engine::state::set_setting(e.client(), g.schema(), &key, &value).await?;
+            println!("{key} = {value}");
+        }
         Command::Status { json } => {
             let s = connect().await?.status().await?;
             if json {
@@ -257,6 +277,21 @@ pub async fn run(cli: Cli) -> Result<()> {
                 }
                 if let Some(v) = &s.version_schema {
                     println!("version schema: {v}");
+                }
+                for (k, v) in &s.settings {
+                    println!("setting {k} = {v}");
+                }
+                for d in &s.daemons {
+                    println!(
+                        "daemon {} on {}: {} session(s){}",
+                        d.id,
+                        d.listen,
+                        d.sessions,
+                        d.throttle
+                            .as_ref()
+                            .map(|t| format!(", copier waiting: {t}"))
+                            .unwrap_or_default()
+                    );
                 }
                 for b in &s.backfill {
                     println!(

@@ -6,6 +6,7 @@
 pub mod codec;
 pub mod config;
 pub mod gate;
+pub mod latency;
 pub mod registry;
 pub mod routing;
 mod server;

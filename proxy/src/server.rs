@@ -18,6 +18,8 @@ pub struct Proxy {
     pub router: Router,
     pub registry: Registry,
     pub gate: Gate,
+    /// Recent request durations (the copier throttles on their p99).
+    pub latency: crate::latency::LatencyWindow,
 }
 
 impl Proxy {
@@ -27,6 +29,7 @@ impl Proxy {
             router: Router::new(table),
             registry: Registry::default(),
             gate: Gate::default(),
+            latency: Default::default(),
         })
     }
 }

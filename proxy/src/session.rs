@@ -442,9 +442,9 @@ impl Ctx<'_> {
             self.queries.increment(1);
             if before == 1 {
                 let began = self.info.request_started.load(Ordering::Acquire);
-                let took = self.now_nanos().saturating_sub(began);
-                self.duration
-                    .record(Duration::from_nanos(took).as_secs_f64());
+                let took = Duration::from_nanos(self.now_nanos().saturating_sub(began));
+                self.duration.record(took.as_secs_f64());
+                self.proxy.latency.record(took);
             }
         }
         self.info.ready.notify_waiters();

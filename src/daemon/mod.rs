@@ -41,9 +41,13 @@ pub struct DaemonArgs {
     pub workers: usize,
 }
 
-/// Settings SIGHUP can change.
+/// Settings SIGHUP and the live settings can change.
 struct Live {
     config: Mutex<Config>,
+    /// Pause, throttle and rate limit of the copier.
+    control: Arc<crate::backfill::Control>,
+    /// Throttle bounds (`max_p99_ms`, `max_replica_lag_ms`; zero: none).
+    bounds: Mutex<(Duration, Duration)>,
 }
 
 impl Live {
@@ -52,6 +56,29 @@ impl Live {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    fn bounds(&self) -> (Duration, Duration) {
+        *self.bounds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Apply the live settings from the control schema over the file's.
+    fn apply(&self, settings: &std::collections::BTreeMap<String, String>) {
+        let num = |k: &str| settings.get(k).and_then(|v| v.parse::<u64>().ok());
+        self.control
+            .set_paused(settings.get("paused").is_some_and(|v| v == "true"));
+        self.control.set_rate_limit(num("rate_limit").unwrap_or(0));
+        *self.bounds.lock().unwrap_or_else(|p| p.into_inner()) = (
+            Duration::from_millis(num("max_p99_ms").unwrap_or(0)),
+            Duration::from_millis(num("max_replica_lag_ms").unwrap_or(0)),
+        );
+        let mut c = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ms) = num("batch_target_ms").filter(|v| *v > 0) {
+            c.backfill.target = Duration::from_millis(ms);
+        }
+        if let Some(n) = num("batch_size") {
+            c.backfill.batch_size = (n > 0).then_some(n);
+        }
     }
 }
 
@@ -133,12 +160,14 @@ async fn heartbeat(
     listen: &str,
     proxy: &pgshift_proxy::Proxy,
     ack: Option<&str>,
+    throttle: Option<String>,
 ) -> Result<()> {
     client
         .execute(
-            "INSERT INTO pgshift.daemons (id, schema, listen, sessions, gate_ack) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (id) DO UPDATE SET sessions = EXCLUDED.sessions, gate_ack = coalesce(EXCLUDED.gate_ack, pgshift.daemons.gate_ack), updated_at = now()",
-            &[&id, &cfg.schema, &listen, &sessions_json(proxy), &ack],
+            "INSERT INTO pgshift.daemons (id, schema, listen, sessions, gate_ack, throttle) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (id) DO UPDATE SET sessions = EXCLUDED.sessions, gate_ack = coalesce(EXCLUDED.gate_ack, pgshift.daemons.gate_ack),
+               throttle = EXCLUDED.throttle, updated_at = now()",
+            &[&id, &cfg.schema, &listen, &sessions_json(proxy), &ack, &throttle],
         )
         .await
         .map_err(|e| Error::db("daemon heartbeat", e))?;
@@ -211,7 +240,18 @@ async fn control_loop(
                 loop {
                     let cfg = live.get();
                     let step = async {
-                        heartbeat(&client, &id, &cfg, &listen, &proxy, ack.as_deref()).await?;
+                        live.apply(&state::settings(&client, &cfg.schema).await?);
+                        heartbeat(
+                            &client,
+                            &id,
+                            &cfg,
+                            &listen,
+                            &proxy,
+                            ack.as_deref(),
+                            live.control.holding(),
+                        )
+                        .await?;
+                        phase_metric(&client, &cfg.schema).await?;
                         crate::serve::table_from(&client, &cfg.schema, &cfg.routes).await
                     };
                     match step.await {
@@ -296,7 +336,7 @@ async fn copier_loop(live: Arc<Live>) {
         }
         tracing::info!(schema = %cfg.schema, "copier: this daemon leads the backfill");
         leader.set(1.0);
-        let mut engine = match Engine::with_client(client, options(&cfg)).await {
+        let mut engine = match Engine::with_client(client, options(&cfg, &live.control)).await {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!("copier: {e}");
@@ -304,7 +344,7 @@ async fn copier_loop(live: Arc<Live>) {
             }
         };
         loop {
-            engine.set_backfill_options(live.get().backfill);
+            engine.set_backfill_options(options(&live.get(), &live.control).backfill);
             match engine.run_pending_backfill().await {
                 Ok(Some(name)) => tracing::info!("copier: backfill of {name:?} done"),
                 Ok(None) => {}
@@ -320,10 +360,77 @@ async fn copier_loop(live: Arc<Live>) {
     }
 }
 
-fn options(cfg: &Config) -> Options {
+/// `pgshift_migration_phase{migration, phase}` = 1 for the newest migration.
+async fn phase_metric(client: &Client, schema: &str) -> Result<()> {
+    if let Some(m) = state::latest(client, schema).await? {
+        for p in [
+            "starting",
+            "backfilling",
+            "active",
+            "completing",
+            "complete",
+            "rolling_back",
+        ] {
+            let on = if m.phase.as_str() == p { 1.0 } else { 0.0 };
+            metrics::gauge!("pgshift_migration_phase", "migration" => m.name.clone(), "phase" => p)
+                .set(on);
+        }
+    }
+    Ok(())
+}
+
+/// Throttle the copier while the proxy's recent p99 or a replica's replay
+/// lag is above its bound.
+async fn throttle_loop(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>) {
+    let mut lag_client: Option<Client> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let (max_p99, max_lag) = live.bounds();
+        let mut reason = None;
+        if !max_p99.is_zero() {
+            if let Some((p99, n)) = proxy.latency.p99(Duration::from_secs(5)) {
+                metrics::gauge!("pgshift_proxy_p99_seconds").set(p99.as_secs_f64());
+                if n >= 20 && p99 > max_p99 {
+                    reason = Some(format!(
+                        "proxy p99 latency {} ms above max_p99_ms {}",
+                        p99.as_millis(),
+                        max_p99.as_millis()
+                    ));
+                }
+            }
+        }
+        if reason.is_none() && !max_lag.is_zero() {
+            if lag_client.as_ref().is_none_or(|c| c.is_closed()) {
+                lag_client = crate::engine::connect(&live.get().postgres_url).await.ok();
+            }
+            if let Some(c) = &lag_client {
+                let lag: Option<f64> = c
+                    .query_one("SELECT max(extract(epoch FROM replay_lag))::float8 FROM pg_stat_replication", &[])
+                    .await
+                    .ok()
+                    .and_then(|r| r.get(0));
+                if let Some(lag) = lag {
+                    metrics::gauge!("pgshift_replica_lag_seconds").set(lag);
+                    if lag * 1000.0 > max_lag.as_millis() as f64 {
+                        reason = Some(format!(
+                            "replica replay lag {:.0} ms above max_replica_lag_ms {}",
+                            lag * 1000.0,
+                            max_lag.as_millis()
+                        ));
+                    }
+                }
+            }
+        }
+        live.control.set_throttle(reason);
+    }
+}
+
+fn options(cfg: &Config, control: &Arc<crate::backfill::Control>) -> Options {
+    let mut backfill = cfg.backfill.clone();
+    backfill.control = Some(control.clone());
     Options {
         schema: cfg.schema.clone(),
-        backfill: cfg.backfill.clone(),
+        backfill,
         progress: ProgressMode::Log,
         ..Options::default()
     }
@@ -412,6 +519,8 @@ pub async fn run(g: &crate::cli::GlobalOpts, args: &DaemonArgs) -> Result<()> {
     }
     let live = Arc::new(Live {
         config: Mutex::new(cfg),
+        control: Arc::new(crate::backfill::Control::default()),
+        bounds: Mutex::new((Duration::ZERO, Duration::ZERO)),
     });
     let tasks = [
         tokio::spawn(control_loop(
@@ -421,6 +530,7 @@ pub async fn run(g: &crate::cli::GlobalOpts, args: &DaemonArgs) -> Result<()> {
             local.to_string(),
         )),
         tokio::spawn(copier_loop(live.clone())),
+        tokio::spawn(throttle_loop(live.clone(), proxy.clone())),
         tokio::spawn(reload_loop(
             live.clone(),
             args.config.clone(),

@@ -133,6 +133,13 @@ pub async fn run_step(
                 tracing::warn!("reopening the proxies' gates: {e}");
             }
         }
+        let outcome = match &res {
+            Ok(()) => "granted",
+            Err(Failure::Pg(e)) if is_lock_conflict(e) && attempt < policy.attempts => "timed_out",
+            Err(Failure::Pg(e)) if is_lock_conflict(e) => "exhausted",
+            Err(_) => "failed",
+        };
+        metrics::counter!("pgshift_lock_attempts_total", "outcome" => outcome).increment(1);
         let e = match res {
             Ok(()) => return Ok(()),
             Err(Failure::Pgshift(e)) => return Err(e),

@@ -49,8 +49,19 @@ CREATE TABLE IF NOT EXISTS pgshift.daemons (
     listen      text        NOT NULL,
     sessions    jsonb       NOT NULL DEFAULT '[]',
     gate_ack    text,
+    throttle    text,
     started_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- Live copier settings (pause, rate limit, batch target, throttle bounds),
+-- written by `pgshift pause|resume|set` and the admin console, read by daemons.
+CREATE TABLE IF NOT EXISTS pgshift.settings (
+    schema      name        NOT NULL,
+    key         text        NOT NULL,
+    value       text        NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (schema, key)
 );
 
 CREATE TABLE IF NOT EXISTS pgshift.version (

@@ -108,6 +108,19 @@ pub struct Status {
     pub phase: Option<String>,
     pub version_schema: Option<String>,
     pub backfill: Vec<state::BackfillRow>,
+    /// Live copier settings.
+    pub settings: std::collections::BTreeMap<String, String>,
+    /// Daemons that reported in the last seconds.
+    pub daemons: Vec<DaemonStatus>,
+}
+
+/// A running daemon as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DaemonStatus {
+    pub id: String,
+    pub listen: String,
+    pub sessions: usize,
+    pub throttle: Option<String>,
 }
 
 /// A connected engine for one schema.
@@ -656,6 +669,8 @@ impl Engine {
             phase: None,
             version_schema: None,
             backfill: vec![],
+            settings: Default::default(),
+            daemons: vec![],
         };
         if !state::initialized(&self.client).await? {
             return Ok(empty);
@@ -675,6 +690,17 @@ impl Engine {
             phase: Some(latest.phase.to_string()),
             version_schema: Some(latest.version_schema),
             schema: self.schema().to_string(),
+            settings: state::settings(&self.client, self.schema()).await?,
+            daemons: state::live_daemons(&self.client, self.schema())
+                .await?
+                .into_iter()
+                .map(|d| DaemonStatus {
+                    id: d.id,
+                    listen: d.listen,
+                    sessions: d.sessions.len(),
+                    throttle: d.throttle,
+                })
+                .collect(),
         })
     }
 

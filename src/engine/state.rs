@@ -118,6 +118,8 @@ pub struct DaemonRow {
     pub listen: String,
     pub sessions: Vec<SessionRow>,
     pub gate_ack: Option<String>,
+    /// Why its copier waits (paused, throttled), if it does.
+    pub throttle: Option<String>,
 }
 
 /// A proxy session as a daemon reports it.
@@ -151,7 +153,7 @@ impl std::fmt::Display for SessionRow {
 pub async fn live_daemons(client: &Client, schema: &str) -> Result<Vec<DaemonRow>> {
     let rows = client
         .query(
-            "SELECT id, listen, sessions, gate_ack FROM pgshift.daemons
+            "SELECT id, listen, sessions, gate_ack, throttle FROM pgshift.daemons
              WHERE schema = $1 AND updated_at > now() - interval '5 seconds' ORDER BY id",
             &[&schema],
         )
@@ -170,6 +172,7 @@ pub async fn live_daemons(client: &Client, schema: &str) -> Result<Vec<DaemonRow
             listen: r.get(1),
             sessions: serde_json::from_value(r.get(2)).unwrap_or_default(),
             gate_ack: r.get(3),
+            throttle: r.get(4),
         })
         .collect())
 }
@@ -187,6 +190,91 @@ pub async fn request(client: &Client, schema: &str, action: &str, arg: &str) -> 
         .await
         .map_err(|e| Error::db(format!("asking the daemons to {action}"), e))?;
     Ok(())
+}
+
+/// Live copier settings: key, what the value is.
+pub const SETTINGS: &[(&str, &str)] = &[
+    (
+        "paused",
+        "true or false: hold the copier before its next batch",
+    ),
+    ("rate_limit", "rows per second, 0 for none"),
+    (
+        "batch_target_ms",
+        "target duration of one batch, in milliseconds (positive)",
+    ),
+    (
+        "batch_size",
+        "rows per batch, 0 to size batches to batch_target_ms",
+    ),
+    (
+        "max_p99_ms",
+        "throttle while the proxy's p99 request latency is above this, 0 for none",
+    ),
+    (
+        "max_replica_lag_ms",
+        "throttle while a replica's replay lag is above this, 0 for none",
+    ),
+];
+
+/// Check a setting's key and value.
+pub fn check_setting(key: &str, value: &str) -> Result<()> {
+    let Some((_, what)) = SETTINGS.iter().find(|(k, _)| *k == key) else {
+        return Err(Error::config(format!(
+            "unknown setting {key:?}; settings: {}",
+            SETTINGS
+                .iter()
+                .map(|(k, _)| *k)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    let ok = match key {
+        "paused" => matches!(value, "true" | "false"),
+        "batch_target_ms" => value.parse::<u64>().is_ok_and(|v| v > 0),
+        _ => value.parse::<u64>().is_ok(),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "setting {key}: {value:?} is not valid ({what})"
+        )))
+    }
+}
+
+/// Store a setting and tell the daemons.
+pub async fn set_setting(client: &Client, schema: &str, key: &str, value: &str) -> Result<()> {
+    check_setting(key, value)?;
+    client
+        .execute(
+            "INSERT INTO pgshift.settings (schema, key, value) VALUES ($1, $2, $3)
+             ON CONFLICT (schema, key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+            &[&schema, &key, &value],
+        )
+        .await
+        .map_err(|e| Error::db(format!("storing setting {key}"), e))?;
+    request(client, schema, "settings", key).await
+}
+
+/// Every stored setting of `schema`.
+pub async fn settings(
+    client: &Client,
+    schema: &str,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let rows = client
+        .query(
+            "SELECT key, value FROM pgshift.settings WHERE schema = $1",
+            &[&schema],
+        )
+        .await;
+    match rows {
+        Ok(rows) => Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect()),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            Ok(Default::default())
+        }
+        Err(e) => Err(Error::db("reading pgshift.settings", e)),
+    }
 }
 
 /// Become the copier leader of `schema` (session advisory lock, held until

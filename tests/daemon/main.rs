@@ -426,3 +426,86 @@ async fn complete_refuses_while_old_sessions_remain_then_drains_them() {
         "20000"
     );
 }
+
+#[tokio::test]
+async fn pause_holds_the_copier_and_resume_lets_it_finish() {
+    let db = support::fresh_db("d_pause").await;
+    let c = db.client().await;
+    c.batch_execute(SETUP).await.unwrap();
+    let d = Daemon::start(&db, "[backfill]\nbatch_size = 200\nbatch_delay_ms = 10\n").await;
+    until("copier leadership", || async {
+        rows(&c, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = hashtext('copier:public')::oid AND granted").await == "1"
+    })
+    .await;
+    let dir = support::temp_dir("d-pause");
+    let f = support::write_migration(&dir, "m1", MIGRATION);
+    db.pgshift(&["start", f.to_str().unwrap()]).ok();
+    until("the first batches", || async {
+        rows(
+            &c,
+            "SELECT coalesce(max(rows_done), 0) > 0 FROM pgshift.backfills",
+        )
+        .await
+            == "t"
+    })
+    .await;
+    db.pgshift(&["pause"]).ok();
+    until("the daemon to report the pause", || async {
+        rows(
+            &c,
+            "SELECT throttle FROM pgshift.daemons WHERE updated_at > now() - interval '5 seconds'",
+        )
+        .await
+            == "paused by an operator"
+    })
+    .await;
+    // The copier stops at its next batch boundary (an in-flight batch commits).
+    until("the copier to wait", || async {
+        d.http("/metrics")
+            .await
+            .contains("pgshift_backfill_throttled 1")
+    })
+    .await;
+    let held = rows(&c, "SELECT rows_done FROM pgshift.backfills").await;
+    // Two more heartbeats later, not a row more.
+    let beat = rows(&c, "SELECT updated_at FROM pgshift.daemons").await;
+    until("two heartbeats", || async {
+        rows(&c, "SELECT updated_at FROM pgshift.daemons").await != beat
+    })
+    .await;
+    let beat = rows(&c, "SELECT updated_at FROM pgshift.daemons").await;
+    until("two heartbeats", || async {
+        rows(&c, "SELECT updated_at FROM pgshift.daemons").await != beat
+    })
+    .await;
+    assert_eq!(
+        rows(&c, "SELECT rows_done FROM pgshift.backfills").await,
+        held
+    );
+    assert_ne!(held, "20000");
+    let status = db.pgshift(&["status"]);
+    assert!(
+        status
+            .stdout
+            .contains("copier waiting: paused by an operator"),
+        "{}",
+        status.stdout
+    );
+    db.pgshift(&["resume"]).ok();
+    until("the backfill to finish", || async {
+        rows(&c, "SELECT phase FROM pgshift.migrations").await == "active"
+    })
+    .await;
+    assert_eq!(
+        rows(&c, "SELECT rows_done FROM pgshift.backfills").await,
+        "20000"
+    );
+    let bad = db.pgshift(&["set", "rate_limit", "fast"]);
+    bad.failed();
+    assert!(
+        bad.stderr
+            .contains("setting rate_limit: \"fast\" is not valid"),
+        "{}",
+        bad.stderr
+    );
+}
