@@ -10,6 +10,7 @@
 //! - [`cli`]: the `pgshift` command line; [`serve`]: `pgshift proxy`.
 //! - [`error`]: the error type.
 
+pub mod admin;
 pub mod backfill;
 pub mod cli;
 pub mod daemon;

@@ -483,9 +483,6 @@ pub async fn run(g: &crate::cli::GlobalOpts, args: &DaemonArgs) -> Result<()> {
         )
         .await?;
     }
-    if let Some(addr) = cfg.admin_listen {
-        tracing::warn!(%addr, "the admin console is not built yet; admin_listen is ignored");
-    }
     let mut pcfg =
         pgshift_proxy::ProxyConfig::new(crate::serve::upstream_from_url(&cfg.postgres_url)?);
     if let Some(n) = cfg.proxy.max_message_size {
@@ -517,11 +514,30 @@ pub async fn run(g: &crate::cli::GlobalOpts, args: &DaemonArgs) -> Result<()> {
     if let Some(m) = cfg.metrics_listen {
         println!("metrics on http://{m}/metrics");
     }
+    let admin_listen = cfg.admin_listen;
     let live = Arc::new(Live {
         config: Mutex::new(cfg),
         control: Arc::new(crate::backfill::Control::default()),
         bounds: Mutex::new((Duration::ZERO, Duration::ZERO)),
     });
+    if let Some(addr) = admin_listen {
+        let cfg = live.get();
+        crate::admin::serve(
+            addr,
+            crate::admin::Admin {
+                url: cfg.postgres_url.clone(),
+                schema: cfg.schema.clone(),
+                proxy: proxy.clone(),
+                control: live.control.clone(),
+            },
+        )
+        .await?;
+        println!(
+            "admin console on {addr} (psql -h {} -p {})",
+            addr.ip(),
+            addr.port()
+        );
+    }
     let tasks = [
         tokio::spawn(control_loop(
             live.clone(),

@@ -509,3 +509,107 @@ async fn pause_holds_the_copier_and_resume_lets_it_finish() {
         bad.stderr
     );
 }
+
+async fn admin(port: u16, sql: &str) -> (bool, String, String) {
+    let out = tokio::process::Command::new("psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "admin",
+            "-d",
+            "pgshift",
+            "-c",
+            sql,
+        ])
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test]
+async fn the_admin_console_shows_state_and_controls_the_copier() {
+    let db = support::fresh_db("d_admin").await;
+    let c = db.client().await;
+    c.batch_execute(SETUP).await.unwrap();
+    let admin_port = free_port();
+    let d = Daemon::start(&db, &format!("admin_listen = '127.0.0.1:{admin_port}'\n")).await;
+    until("the daemon to be ready", || async {
+        d.http("/readyz").await.starts_with("HTTP/1.1 200")
+    })
+    .await;
+    let dir = support::temp_dir("d-admin");
+    let f = support::write_migration(&dir, "m1", MIGRATION);
+    db.pgshift(&["start", f.to_str().unwrap(), "--wait", "--progress", "none"])
+        .ok();
+    let new_url = d.url(
+        &db.name,
+        "?application_name=new-app&options=-c%20pgshift.version%3Dm1",
+    );
+    until("the proxy to learn m1", || async {
+        tokio_postgres::connect(&new_url, tokio_postgres::NoTls)
+            .await
+            .is_ok()
+    })
+    .await;
+    let _session = support::connect(&new_url).await;
+
+    let (ok, out, err) = admin(admin_port, "SHOW MIGRATIONS").await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("m1|active|public_m1|"), "{out}");
+    let (_, out, _) = admin(admin_port, "SHOW VERSIONS").await;
+    assert!(out.contains("m1|public_m1, public|false|1"), "{out}");
+    let (_, out, _) = admin(admin_port, "show sessions;").await;
+    assert!(
+        out.contains("|m1|postgres|") && out.contains("new-app"),
+        "{out}"
+    );
+    let (_, out, _) = admin(admin_port, "SHOW BACKFILL").await;
+    assert!(out.starts_with("m1|users|20000|20000|"), "{out}");
+
+    let (ok, out, err) = admin(admin_port, "PAUSE BACKFILL").await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "PAUSE BACKFILL");
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT value FROM pgshift.settings WHERE key = 'paused'"
+        )
+        .await,
+        "true"
+    );
+    admin(admin_port, "RESUME BACKFILL").await;
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT value FROM pgshift.settings WHERE key = 'paused'"
+        )
+        .await,
+        "false"
+    );
+    let (ok, _, err) = admin(admin_port, "SET rate_limit = 5000").await;
+    assert!(ok, "{err}");
+    let (_, out, _) = admin(admin_port, "SHOW SETTINGS").await;
+    assert!(out.contains("rate_limit|5000|"), "{out}");
+    let (ok, _, err) = admin(admin_port, "SET rate_limit = lots").await;
+    assert!(
+        !ok && err.contains("setting rate_limit: \"lots\" is not valid"),
+        "{err}"
+    );
+    let (ok, _, err) = admin(admin_port, "DROP TABLE users").await;
+    assert!(
+        !ok && err.contains("unknown command") && err.contains("SHOW MIGRATIONS"),
+        "{err}"
+    );
+    assert_eq!(rows(&c, "SELECT count(*) FROM users").await, "20000");
+}
