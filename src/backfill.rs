@@ -80,7 +80,21 @@ impl Control {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let Some(reason) = self.holding() else {
+            let holding = self.holding();
+            let kind = holding.as_deref().map(|r| {
+                if self.paused() {
+                    "paused"
+                } else if r.contains("replica") {
+                    "replica_lag"
+                } else {
+                    "latency"
+                }
+            });
+            for k in ["paused", "latency", "replica_lag"] {
+                let on = if kind == Some(k) { 1.0 } else { 0.0 };
+                metrics::gauge!("pgshift_backfill_throttle_reason", "reason" => k).set(on);
+            }
+            let Some(reason) = holding else {
                 gauge.set(0.0);
                 return;
             };

@@ -195,6 +195,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_in_deploy_is_valid() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/pgshift.toml");
+        let c = load(Some(&p), &Overrides::default()).unwrap();
+        assert_eq!(c.admin_listen.map(|a| a.port()), Some(6433));
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let dir = std::env::temp_dir().join(format!("pgshift-cfg2-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

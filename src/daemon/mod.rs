@@ -251,7 +251,7 @@ async fn control_loop(
                             live.control.holding(),
                         )
                         .await?;
-                        phase_metric(&client, &cfg.schema).await?;
+                        phase_metric(&client, &cfg.schema, &proxy).await?;
                         crate::serve::table_from(&client, &cfg.schema, &cfg.routes).await
                     };
                     match step.await {
@@ -302,6 +302,8 @@ async fn control_loop(
 /// `start` handed over.
 async fn copier_loop(live: Arc<Live>) {
     let leader = metrics::gauge!("pgshift_copier_leader");
+    let errors = metrics::counter!("pgshift_copier_errors_total");
+    errors.increment(0);
     loop {
         leader.set(0.0);
         let cfg = live.get();
@@ -349,7 +351,7 @@ async fn copier_loop(live: Arc<Live>) {
                 Ok(Some(name)) => tracing::info!("copier: backfill of {name:?} done"),
                 Ok(None) => {}
                 Err(e) => {
-                    metrics::counter!("pgshift_copier_errors_total").increment(1);
+                    errors.increment(1);
                     tracing::warn!("copier: {e}");
                 }
             }
@@ -360,9 +362,39 @@ async fn copier_loop(live: Arc<Live>) {
     }
 }
 
-/// `pgshift_migration_phase{migration, phase}` = 1 for the newest migration.
-async fn phase_metric(client: &Client, schema: &str) -> Result<()> {
-    if let Some(m) = state::latest(client, schema).await? {
+/// `pgshift_migration_phase{migration, phase}` = 1 for the newest
+/// migration, sessions on old versions, and lock attempts from the control
+/// schema (CLI runs record them there).
+async fn phase_metric(client: &Client, schema: &str, proxy: &pgshift_proxy::Proxy) -> Result<()> {
+    if let Ok(rows) = client
+        .query(
+            "SELECT outcome, attempts FROM pgshift.lock_stats WHERE schema = $1",
+            &[&schema],
+        )
+        .await
+    {
+        for r in rows {
+            let (outcome, n): (String, i64) = (r.get(0), r.get(1));
+            metrics::counter!("pgshift_lock_attempts_total", "outcome" => outcome)
+                .absolute(u64::try_from(n).unwrap_or(0));
+        }
+    }
+    let latest = state::latest(client, schema).await?;
+    let active = latest
+        .as_ref()
+        .filter(|m| m.phase == state::Phase::Active)
+        .map(|m| m.name.clone());
+    let old = match &active {
+        Some(v) => proxy
+            .registry
+            .snapshot()
+            .iter()
+            .filter(|s| s.version.as_deref() != Some(v))
+            .count(),
+        None => 0,
+    };
+    metrics::gauge!("pgshift_sessions_on_old_versions").set(old as f64);
+    if let Some(m) = latest {
         for p in [
             "starting",
             "backfilling",

@@ -140,6 +140,16 @@ pub async fn run_step(
             Err(_) => "failed",
         };
         metrics::counter!("pgshift_lock_attempts_total", "outcome" => outcome).increment(1);
+        if let (Some((schema, _)), true) = (&step.lock_table, outcome != "failed") {
+            // Best effort: daemons export these counts.
+            let _ = client
+                .execute(
+                    "INSERT INTO pgshift.lock_stats (schema, outcome, attempts) VALUES ($1, $2, 1)
+                     ON CONFLICT (schema, outcome) DO UPDATE SET attempts = pgshift.lock_stats.attempts + 1",
+                    &[schema, &outcome],
+                )
+                .await;
+        }
         let e = match res {
             Ok(()) => return Ok(()),
             Err(Failure::Pgshift(e)) => return Err(e),

@@ -64,6 +64,15 @@ CREATE TABLE IF NOT EXISTS pgshift.settings (
     PRIMARY KEY (schema, key)
 );
 
+-- Lock attempts of DDL steps by outcome (granted, timed_out, exhausted), so
+-- daemons can export what CLI runs went through.
+CREATE TABLE IF NOT EXISTS pgshift.lock_stats (
+    schema      name        NOT NULL,
+    outcome     text        NOT NULL,
+    attempts    bigint      NOT NULL DEFAULT 0,
+    PRIMARY KEY (schema, outcome)
+);
+
 CREATE TABLE IF NOT EXISTS pgshift.version (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     version     integer NOT NULL,

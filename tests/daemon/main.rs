@@ -613,3 +613,146 @@ async fn the_admin_console_shows_state_and_controls_the_copier() {
     );
     assert_eq!(rows(&c, "SELECT count(*) FROM users").await, "20000");
 }
+
+/// Every `pgshift_*` name an expression refers to, as exported (histogram
+/// series keep their `_bucket` suffix).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let b = text.as_bytes();
+    let mut i = 0;
+    while let Some(pos) = text[i..].find("pgshift_") {
+        let start = i + pos;
+        let mut end = start;
+        while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
+            end += 1;
+        }
+        out.insert(text[start..end].to_string());
+        i = end;
+    }
+    out
+}
+
+#[tokio::test]
+async fn deploy_rules_and_dashboard_use_only_metrics_the_daemon_exports() {
+    let root = support::repo_root();
+    let rules_path = root.join("deploy/prometheus/pgshift-alerts.yml");
+    let rules = std::fs::read_to_string(&rules_path).unwrap();
+    let dashboard =
+        std::fs::read_to_string(root.join("deploy/grafana/pgshift-dashboard.json")).unwrap();
+    let dash: serde_json::Value =
+        serde_json::from_str(&dashboard).expect("the dashboard is valid JSON");
+    let mut exprs = String::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            exprs.push_str(t["expr"].as_str().unwrap());
+            exprs.push('\n');
+        }
+    }
+    match tokio::process::Command::new("promtool")
+        .args(["check", "rules", rules_path.to_str().unwrap()])
+        .output()
+        .await
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(_) => eprintln!(
+            "promtool is not installed (Debian package prometheus); rule syntax not checked"
+        ),
+    }
+
+    // A daemon that has done everything once: a handed-off backfill, a
+    // pause, proxied queries and an error, a gate hold, a complete.
+    let db = support::fresh_db("d_deploy").await;
+    let c = db.client().await;
+    c.batch_execute(SETUP).await.unwrap();
+    let d = Daemon::start(&db, "[backfill]\nbatch_size = 5000\n").await;
+    until("the daemon to be ready", || async {
+        d.http("/readyz").await.starts_with("HTTP/1.1 200")
+    })
+    .await;
+    db.pgshift(&["pause"]).ok();
+    let dir = support::temp_dir("d-deploy");
+    let f = support::write_migration(&dir, "m1", MIGRATION);
+    db.pgshift(&["start", f.to_str().unwrap()]).ok();
+    until("the copier to wait", || async {
+        d.http("/metrics")
+            .await
+            .contains("pgshift_backfill_throttled 1")
+    })
+    .await;
+    db.pgshift(&["resume"]).ok();
+    until("the backfill", || async {
+        rows(&c, "SELECT phase FROM pgshift.migrations").await == "active"
+    })
+    .await;
+    let new_url = d.url(&db.name, "?options=-c%20pgshift.version%3Dm1");
+    until("the proxy to learn m1", || async {
+        tokio_postgres::connect(&new_url, tokio_postgres::NoTls)
+            .await
+            .is_ok()
+    })
+    .await;
+    let s = support::connect(&new_url).await;
+    assert!(s
+        .batch_execute("SELECT * FROM no_such_table")
+        .await
+        .is_err());
+    let mut raw = tokio::net::TcpStream::connect(format!("127.0.0.1:{}", d.port))
+        .await
+        .unwrap();
+    raw.write_all(&[0, 0, 0, 2, 0, 3, 0, 0]).await.unwrap(); // a bad startup packet
+    let mut sink = Vec::new();
+    let _ = raw.read_to_end(&mut sink).await;
+    // Hold a session at the gate, then let it go.
+    c.batch_execute("SELECT pg_notify('pgshift', 'req|close_gate|t1|public')")
+        .await
+        .unwrap();
+    until("the gate to close", || async {
+        d.http("/metrics").await.contains("pgshift_gate_closed 1")
+    })
+    .await;
+    let held = tokio::spawn(async move { rows(&s, "SELECT 1").await });
+    until("a held session", || async {
+        rows(&c, "SELECT count(*) FROM pgshift.daemons, jsonb_array_elements(sessions) e WHERE e->>'state' = 'held'").await == "1"
+    })
+    .await;
+    c.batch_execute("SELECT pg_notify('pgshift', 'req|open_gate|t2|public')")
+        .await
+        .unwrap();
+    assert_eq!(held.await.unwrap(), "1");
+    db.pgshift(&["complete"]).ok();
+    until("lock attempts to be exported", || async {
+        d.http("/metrics")
+            .await
+            .contains("pgshift_lock_attempts_total{outcome=\"granted\"}")
+    })
+    .await;
+
+    let exported = d.http("/metrics").await;
+    let mut missing = Vec::new();
+    for name in metric_names(&rules).into_iter().chain(metric_names(&exprs)) {
+        let present = exported.lines().any(|l| {
+            !l.starts_with('#')
+                && (l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        });
+        if !present {
+            missing.push(name);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "deploy/ refers to metrics the daemon does not export: {missing:?}\n{exported}"
+    );
+    assert!(
+        exported.contains("# HELP pgshift_backfill_eta_seconds"),
+        "HELP texts are exported"
+    );
+    assert!(
+        exported.contains("pgshift_build_info{version="),
+        "{exported}"
+    );
+}

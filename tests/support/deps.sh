@@ -25,6 +25,12 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -q >/dev/null
   apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
 fi
+# promtool checks deploy/'s alert rules; best effort (the test says when it is absent).
+if ! command -v promtool >/dev/null && [ "$(id -u)" = 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1; } \
+    || echo "deps: promtool (Debian package prometheus) could not be installed; alert rules are checked by name only" >&2
+fi
 # Client libraries for the proxy's smoke suites.
 if ! "$clients/venv/bin/python" -c 'import psycopg' 2>/dev/null; then
   echo "installing psycopg 3 into $clients/venv" >&2
