@@ -36,6 +36,7 @@ bench: deps release
 	@tests/support/deps.sh bench
 	@tests/bench/backfill.sh
 	@tests/bench/proxy.sh
+	@tests/bench/daemon.sh
 
 clean:
 	$(CARGO) clean

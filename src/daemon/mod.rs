@@ -69,7 +69,14 @@ impl Live {
             .set_paused(settings.get("paused").is_some_and(|v| v == "true"));
         self.control.set_rate_limit(num("rate_limit").unwrap_or(0));
         *self.bounds.lock().unwrap_or_else(|p| p.into_inner()) = (
-            Duration::from_millis(num("max_p99_ms").unwrap_or(0)),
+            Duration::from_secs_f64(
+                settings
+                    .get("max_p99_ms")
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .filter(|v| v.is_finite() && *v >= 0.0)
+                    .unwrap_or(0.0)
+                    / 1000.0,
+            ),
             Duration::from_millis(num("max_replica_lag_ms").unwrap_or(0)),
         );
         let mut c = self.config.lock().unwrap_or_else(|p| p.into_inner());
@@ -424,9 +431,9 @@ async fn throttle_loop(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>) {
                 metrics::gauge!("pgshift_proxy_p99_seconds").set(p99.as_secs_f64());
                 if n >= 20 && p99 > max_p99 {
                     reason = Some(format!(
-                        "proxy p99 latency {} ms above max_p99_ms {}",
-                        p99.as_millis(),
-                        max_p99.as_millis()
+                        "proxy p99 latency {:.2} ms above max_p99_ms {:.2}",
+                        p99.as_secs_f64() * 1000.0,
+                        max_p99.as_secs_f64() * 1000.0
                     ));
                 }
             }

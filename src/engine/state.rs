@@ -232,6 +232,9 @@ pub fn check_setting(key: &str, value: &str) -> Result<()> {
     let ok = match key {
         "paused" => matches!(value, "true" | "false"),
         "batch_target_ms" => value.parse::<u64>().is_ok_and(|v| v > 0),
+        "max_p99_ms" => value
+            .parse::<f64>()
+            .is_ok_and(|v| v.is_finite() && v >= 0.0),
         _ => value.parse::<u64>().is_ok(),
     };
     if ok {

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Foreground impact of a migration run by the daemon: a steady pgbench
+# workload (fixed rate) through the daemon's proxy, first alone (baseline),
+# then while a 1M-row table backfills, then while complete runs. Reports p50
+# and p99 of each window and the longest single transaction during complete.
+# Writes the "daemon" section of docs/benchmarks.md.
+#   tests/bench/daemon.sh      (PGSHIFT_BENCH_ROWS=1000000, PGSHIFT_BENCH_RATE=400 tps)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+bin="$root/target/release/pgshift"
+rows=${PGSHIFT_BENCH_ROWS:-1000000}
+rate=${PGSHIFT_BENCH_RATE:-400}
+bindir=${PGSHIFT_PG_BINDIR:-/usr/lib/postgresql/15/bin}
+pgbench="$bindir/pgbench"; [ -x "$pgbench" ] || pgbench=pgbench
+dir=$(mktemp -d /tmp/pgshift-dbench-XXXXXX); chmod 755 "$dir"
+daemon_pid=
+cleanup() {
+  [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null || true
+  "$root/tests/support/pg.sh" stop "$dir/pg"
+}
+trap cleanup EXIT
+url=$("$root/tests/support/pg.sh" start "$dir/pg")
+pgport=$(cat "$dir/pg/port")
+base=${url%/postgres}
+db="$base/bench"
+psql -X -q "$url" -c "CREATE DATABASE bench"
+"$pgbench" -i -s 10 -q -h 127.0.0.1 -p "$pgport" -U postgres bench >/dev/null 2>&1
+psql -X -q "$db" -c "CREATE TABLE users (id serial PRIMARY KEY, name varchar(255) NULL); INSERT INTO users (name) SELECT NULL FROM generate_series(1, $rows)"
+psql -X -q "$db" -c "VACUUM ANALYZE users"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port); mport=$(free_port)
+"$bin" daemon --postgres-url "host=$dir/pg port=$pgport user=postgres dbname=bench" --listen "127.0.0.1:$port" \
+  --metrics-listen "127.0.0.1:$mport" >"$dir/daemon.out" 2>"$dir/daemon.log" &
+daemon_pid=$!
+for _ in $(seq 100); do psql -X -q -h 127.0.0.1 -p "$port" -U postgres bench -c "SELECT 1" >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 100); do
+  [ "$(psql -X -tA "$db" -c "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = hashtext('copier:public')::oid")" = 1 ] && break; sleep 0.1
+done
+mig="$dir/01_set_name_not_null.yaml"
+cat >"$mig" <<'Y'
+operations:
+  - alter_column:
+      table: users
+      column: name
+      nullable: false
+      up: SELECT CASE WHEN name IS NULL THEN 'placeholder' ELSE name END
+      down: name
+Y
+now() { python3 -c 'import time; print(time.time())'; }
+# The workload: pgbench's default TPC-B-like transaction at a fixed rate, 4
+# clients, every transaction logged (start time, latency).
+workload() { # seconds prefix
+  (cd "$dir" && "$pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -c 4 -j 2 -R "$rate" -T "$1" -l --log-prefix="$2" bench >/dev/null 2>&1)
+}
+# Baseline; a huge p99 bound makes the daemon measure its p99 without acting on it.
+"$bin" set max_p99_ms 1000000 --postgres-url "$db" >/dev/null
+workload 20 base
+# The copier's bounds: throttle when the p99 of requests through the proxy
+# passes 1.3x what it was at the end of the baseline, and keep batches short
+# so the workload gets the CPU between them.
+bp99=$(python3 -c 'import sys, urllib.request
+m = urllib.request.urlopen(sys.argv[1]).read().decode()
+v = [float(l.split()[-1]) for l in m.splitlines() if l.startswith("pgshift_proxy_p99_seconds")]
+print(f"{v[0] * 1.3 * 1000:.2f}")' "http://127.0.0.1:$mport/metrics")
+"$bin" set max_p99_ms "$bp99" --postgres-url "$db" >/dev/null
+"$bin" set batch_target_ms "${PGSHIFT_BENCH_BATCH_MS:-20}" --postgres-url "$db" >/dev/null
+# During backfill: the workload (the old application version) runs while
+# `start` hands the backfill to the daemon and waits for it.
+workload 25 during & wl=$!
+sleep 3
+t0=$(now)
+"$bin" start "$mig" --postgres-url "$db" --wait --progress none 2>"$dir/start.log"
+t1=$(now)
+wait "$wl"
+# During complete: the new application version runs (the old one is gone,
+# which is what lets complete proceed).
+PGOPTIONS="-c pgshift.version=01_set_name_not_null" workload 12 after & wl=$!
+sleep 4
+t2=$(now)
+"$bin" complete --postgres-url "$db" 2>"$dir/complete.log"
+t3=$(now)
+wait "$wl"
+python3 - "$dir" "$t0" "$t1" "$t2" "$t3" "$rows" >"$dir/row.md" <<'PY'
+import glob, os, sys
+d, t0, t1, t2, t3, rows = sys.argv[1], *map(float, sys.argv[2:6]), int(sys.argv[6])
+def load(prefix):
+    out = []
+    for f in glob.glob(os.path.join(d, prefix + ".*")):
+        for line in open(f):
+            p = line.split()
+            # client_id transaction_no latency_us script_no epoch_s epoch_us [schedule_lag]
+            if len(p) >= 6 and p[2].isdigit():
+                end = int(p[4]) + int(p[5]) / 1e6
+                out.append((end, int(p[2]) / 1000.0))
+    return out
+def pct(v, q):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(round(q * (len(v) - 1))))] if v else float("nan")
+base = [l for _, l in load("base")]
+during = load("during")
+bf = [l for t, l in during if t0 <= t <= t1]
+cp = [l for t, l in load("after") if t2 <= t <= t3 + 1.0]
+b50, b99 = pct(base, .5), pct(base, .99)
+f50, f99 = pct(bf, .5), pct(bf, .99)
+print(f"| baseline (no migration) | {len(base)} | {b50:.2f} | {b99:.2f} | {max(base):.1f} |  |")
+print(f"| during the backfill of {rows:,} rows ({t1 - t0:.1f} s) | {len(bf)} | {f50:.2f} | {f99:.2f} | {max(bf) if bf else float('nan'):.1f} | p99 {f99 / b99:.2f}x baseline |")
+print(f"| during complete ({t3 - t2:.2f} s) | {len(cp)} | {pct(cp, .5):.2f} | {pct(cp, .99):.2f} | {max(cp) if cp else float('nan'):.1f} | longest transaction {max(cp) if cp else float('nan'):.1f} ms |")
+PY
+cat "$dir/row.md"
+section="$dir/section.md"
+cat >"$section" <<MD
+<!-- daemon:start -->
+## Foreground latency during a migration run by the daemon (issue 4)
+
+Produced by \`make bench\` (\`tests/bench/daemon.sh\`) on $(date -u +%Y-%m-%d), $(nproc) cores, PostgreSQL
+$(psql -X -tA "$url" -c "SHOW server_version"), one throwaway cluster (fsync off). The workload is pgbench's
+default transaction (scale 10) at a fixed ${rate} tps from 4 clients through the daemon's proxy, every
+transaction logged (the old application version during the backfill, the new one, with
+\`pgshift.version\` set, during complete); the migration sets NOT NULL on \`users.name\` (${rows} rows, the backfill benchmark's
+migration), started with \`pgshift start --wait\` (the daemon's copier backfills) and then \`pgshift complete\`
+(every blocking DDL attempt runs with the proxy's gate closed). Before the migration the copier is told
+\`max_p99_ms\` = 1.3x the p99 of single requests the proxy saw at the end of the baseline ($bp99 ms;
+a pgbench transaction is 7 requests) and \`batch_target_ms\` =
+${PGSHIFT_BENCH_BATCH_MS:-20}, so it backs off when the application slows down. Latencies in ms, in one run.
+
+| window | transactions | p50 ms | p99 ms | max ms | |
+|---|---:|---:|---:|---:|---|
+$(cat "$dir/row.md")
+<!-- daemon:end -->
+MD
+out="$root/docs/benchmarks.md"
+python3 - "$out" "$section" <<'PY'
+import sys, re, os
+out, section = sys.argv[1], open(sys.argv[2]).read().strip() + "\n"
+text = open(out).read() if os.path.exists(out) else "# Benchmarks\n\n"
+if "<!-- daemon:start -->" in text:
+    text = re.sub(r"<!-- daemon:start -->.*?<!-- daemon:end -->\n?", lambda m: section, text, flags=re.S)
+else:
+    text = text.rstrip("\n") + "\n\n" + section
+open(out, "w").write(text)
+PY
+echo "wrote $out"
