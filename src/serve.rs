@@ -186,6 +186,18 @@ pub async fn table_from(client: &Client, schema: &str, rules: &[Rule]) -> Result
     })
 }
 
+/// Install a routing table, logging when it changed.
+pub(crate) fn set_routes(proxy: &pgshift_proxy::Proxy, table: RoutingTable) {
+    if proxy.router.set(table) {
+        let t = proxy.router.current();
+        tracing::info!(
+            versions = ?t.versions.iter().map(|v| &v.name).collect::<Vec<_>>(),
+            default = ?t.default,
+            "routing table changed"
+        );
+    }
+}
+
 /// Wait for SIGTERM or SIGINT.
 pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -247,16 +259,7 @@ pub async fn run(url: &str, schema: &str, args: &ProxyArgs) -> Result<()> {
             loop {
                 tokio::time::sleep(every).await;
                 match load_table(&url, &schema, &rules).await {
-                    Ok(t) => {
-                        if proxy.router.set(t) {
-                            let t = proxy.router.current();
-                            tracing::info!(
-                                versions = ?t.versions.iter().map(|v| &v.name).collect::<Vec<_>>(),
-                                default = ?t.default,
-                                "routing table changed"
-                            );
-                        }
-                    }
+                    Ok(t) => set_routes(&proxy, t),
                     Err(e) => tracing::debug!("refreshing routes: {e}"),
                 }
             }

@@ -74,6 +74,20 @@ impl SessionInfo {
             && !self.copy_in.load(Ordering::Acquire)
     }
 
+    /// A point-in-time copy for listings.
+    pub fn snapshot(&self) -> SessionSnapshot {
+        SessionSnapshot {
+            id: self.id,
+            version: self.version.clone(),
+            user: self.user.clone(),
+            database: self.database.clone(),
+            application_name: self.application_name.clone(),
+            client_addr: self.client_addr,
+            state: self.state(),
+            age: self.started.elapsed(),
+        }
+    }
+
     pub fn state(&self) -> SessionState {
         if self.held.load(Ordering::Relaxed) {
             return SessionState::Held;
@@ -186,20 +200,7 @@ impl Registry {
 
     /// Every session, oldest first.
     pub fn snapshot(&self) -> Vec<SessionSnapshot> {
-        let mut v: Vec<SessionSnapshot> = self
-            .lock()
-            .values()
-            .map(|s| SessionSnapshot {
-                id: s.id,
-                version: s.version.clone(),
-                user: s.user.clone(),
-                database: s.database.clone(),
-                application_name: s.application_name.clone(),
-                client_addr: s.client_addr,
-                state: s.state(),
-                age: s.started.elapsed(),
-            })
-            .collect();
+        let mut v: Vec<SessionSnapshot> = self.lock().values().map(|s| s.snapshot()).collect();
         v.sort_by_key(|s| s.id);
         v
     }
@@ -219,18 +220,7 @@ impl Registry {
         let chosen: Vec<Arc<SessionInfo>> = self
             .lock()
             .values()
-            .filter(|s| {
-                pick(&SessionSnapshot {
-                    id: s.id,
-                    version: s.version.clone(),
-                    user: s.user.clone(),
-                    database: s.database.clone(),
-                    application_name: s.application_name.clone(),
-                    client_addr: s.client_addr,
-                    state: s.state(),
-                    age: s.started.elapsed(),
-                })
-            })
+            .filter(|s| pick(&s.snapshot()))
             .cloned()
             .collect();
         for s in &chosen {

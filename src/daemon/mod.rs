@@ -264,14 +264,7 @@ async fn control_loop(
                     match step.await {
                         Ok(t) => {
                             ready.store(true, Ordering::Release);
-                            if proxy.router.set(t) {
-                                let t = proxy.router.current();
-                                tracing::info!(
-                                    versions = ?t.versions.iter().map(|v| &v.name).collect::<Vec<_>>(),
-                                    default = ?t.default,
-                                    "routing table changed"
-                                );
-                            }
+                            crate::serve::set_routes(&proxy, t);
                         }
                         Err(e) => {
                             ready.store(false, Ordering::Release);

@@ -129,14 +129,4 @@ pgroll's triggers keep about 22% of the plain throughput.
 <!-- backfill:end -->
 MD
 out="$root/docs/benchmarks.md"
-python3 - "$out" "$section" <<'PY'
-import sys, re, os
-out, section = sys.argv[1], open(sys.argv[2]).read().strip() + "\n"
-text = open(out).read() if os.path.exists(out) else "# Benchmarks\n\nEvery figure here is written by `make bench`; ratios within one run matter more than absolute numbers.\n\n"
-if "<!-- backfill:start -->" in text:
-    text = re.sub(r"<!-- backfill:start -->.*?<!-- backfill:end -->\n?", lambda m: section, text, flags=re.S)
-else:
-    text = text.rstrip("\n") + "\n\n" + section
-open(out, "w").write(text)
-PY
-echo "wrote $out"
+python3 "$root/tests/bench/write_section.py" "$out" backfill "$section"

@@ -151,14 +151,4 @@ ${mem}
 <!-- proxy:end -->
 MD
 out="$root/docs/benchmarks.md"
-python3 - "$out" "$section" <<'PY'
-import sys, re, os
-out, section = sys.argv[1], open(sys.argv[2]).read().strip() + "\n"
-text = open(out).read() if os.path.exists(out) else "# Benchmarks\n\n"
-if "<!-- proxy:start -->" in text:
-    text = re.sub(r"<!-- proxy:start -->.*?<!-- proxy:end -->\n?", lambda m: section, text, flags=re.S)
-else:
-    text = text.rstrip("\n") + "\n\n" + section
-open(out, "w").write(text)
-PY
-echo "wrote $out"
+python3 "$root/tests/bench/write_section.py" "$out" proxy "$section"
