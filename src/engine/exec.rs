@@ -141,14 +141,7 @@ pub async fn run_step(
         };
         metrics::counter!("pgshift_lock_attempts_total", "outcome" => outcome).increment(1);
         if let (Some((schema, _)), true) = (&step.lock_table, outcome != "failed") {
-            // Best effort: daemons export these counts.
-            let _ = client
-                .execute(
-                    "INSERT INTO pgshift.lock_stats (schema, outcome, attempts) VALUES ($1, $2, 1)
-                     ON CONFLICT (schema, outcome) DO UPDATE SET attempts = pgshift.lock_stats.attempts + 1",
-                    &[schema, &outcome],
-                )
-                .await;
+            count_lock_attempt(schema, outcome);
         }
         let e = match res {
             Ok(()) => return Ok(()),
@@ -190,6 +183,33 @@ pub async fn run_step(
                 ))
             }
         }
+    }
+}
+
+/// Lock attempts of this process not yet written to `pgshift.lock_stats`.
+static LOCK_COUNTS: std::sync::Mutex<Vec<(String, &'static str, i64)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn count_lock_attempt(schema: &str, outcome: &'static str) {
+    let mut v = LOCK_COUNTS.lock().unwrap_or_else(|p| p.into_inner());
+    match v.iter_mut().find(|(s, o, _)| s == schema && *o == outcome) {
+        Some(e) => e.2 += 1,
+        None => v.push((schema.to_string(), outcome, 1)),
+    }
+}
+
+/// Add this process's lock attempts to `pgshift.lock_stats` (daemons export
+/// them); best effort, once per command.
+pub async fn flush_lock_stats(client: &Client) {
+    let counts = std::mem::take(&mut *LOCK_COUNTS.lock().unwrap_or_else(|p| p.into_inner()));
+    for (schema, outcome, n) in counts {
+        let _ = client
+            .execute(
+                "INSERT INTO pgshift.lock_stats (schema, outcome, attempts) VALUES ($1, $2, $3)
+                 ON CONFLICT (schema, outcome) DO UPDATE SET attempts = pgshift.lock_stats.attempts + EXCLUDED.attempts",
+                &[&schema, &outcome, &n],
+            )
+            .await;
     }
 }
 

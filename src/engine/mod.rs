@@ -180,6 +180,7 @@ impl Engine {
     /// Release pgshift's advisory locks now instead of when the connection
     /// ends (a closing backend can hold them a moment after the process exits).
     pub async fn release(&self) {
+        exec::flush_lock_stats(&self.client).await;
         let _ = self
             .client
             .batch_execute("SELECT pg_advisory_unlock_all()")

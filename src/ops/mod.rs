@@ -11,7 +11,9 @@ mod drop_index;
 mod drop_table;
 mod raw_sql;
 mod rename_column;
+mod rename_constraint;
 mod rename_table;
+mod set_replica_identity;
 
 use crate::error::Result;
 use crate::migration::format::{Column, ForeignKeyReference};
@@ -32,6 +34,8 @@ pub async fn plan(op: &Operation, p: &mut Planner<'_>) -> Result<()> {
         Operation::RenameTable(o) => rename_table::plan(o, p),
         Operation::DropTable(o) => drop_table::plan(o, p),
         Operation::Sql(o) => raw_sql::plan(o, p),
+        Operation::RenameConstraint(o) => rename_constraint::plan(o, p),
+        Operation::SetReplicaIdentity(o) => set_replica_identity::plan(o, p).await,
         other => Err(p.err(
             "",
             format!(

@@ -393,3 +393,58 @@ async fn one_migration_changes_type_renames_and_adds_not_null_column() {
     .run()
     .await;
 }
+
+#[tokio::test]
+async fn set_replica_identity_applies_at_start_and_rollback_restores_it() {
+    Scenario {
+        name: "replica_identity",
+        setup: "CREATE TABLE events (id int PRIMARY KEY, code text NOT NULL); CREATE UNIQUE INDEX events_code ON events (code);
+                INSERT INTO events VALUES (1, 'a'), (2, 'b');",
+        migration: "operations:
+  - set_replica_identity: {table: events, identity: {type: index, index: events_code}}
+",
+        during: vec![
+            Old("INSERT INTO events VALUES (3, 'c')"),
+            New("INSERT INTO events VALUES (4, 'd')"),
+            OldSees("SELECT relreplident FROM pg_class WHERE oid = 'public.events'::regclass", "i"),
+            NewSees("SELECT count(*) FROM events", "4"),
+        ],
+        after_complete: vec![
+            ("SELECT relreplident FROM pg_class WHERE oid = 'public.events'::regclass", "i"),
+            ("SELECT indisreplident FROM pg_index WHERE indexrelid = 'events_code'::regclass", "t"),
+        ],
+        after_rollback: vec![
+            ("SELECT relreplident FROM pg_class WHERE oid = 'public.events'::regclass", "d"),
+            ("SELECT count(*) FROM events", "4"),
+        ],
+    }
+    .run()
+    .await;
+}
+
+#[tokio::test]
+async fn rename_constraint_happens_at_complete() {
+    Scenario {
+        name: "rename_constraint",
+        setup: "CREATE TABLE items (id int PRIMARY KEY, price int CONSTRAINT price_positive CHECK (price > 0));
+                INSERT INTO items VALUES (1, 10);",
+        migration: "operations:
+  - rename_constraint: {table: items, from: price_positive, to: items_price_check}
+",
+        during: vec![
+            Old("INSERT INTO items VALUES (2, 20)"),
+            New("INSERT INTO items VALUES (3, 30)"),
+            OldSees("SELECT conname FROM pg_constraint WHERE contype = 'c' AND conrelid = 'items'::regclass", "price_positive"),
+        ],
+        after_complete: vec![(
+            "SELECT conname FROM pg_constraint WHERE contype = 'c' AND conrelid = 'items'::regclass",
+            "items_price_check",
+        )],
+        after_rollback: vec![(
+            "SELECT conname FROM pg_constraint WHERE contype = 'c' AND conrelid = 'items'::regclass",
+            "price_positive",
+        )],
+    }
+    .run()
+    .await;
+}
