@@ -16,6 +16,16 @@ use crate::plan::{Action, Assign, Planner, Stage, Step, PREFIX};
 use crate::sql::{bounded_name, ident, rewrite_column_refs};
 
 pub async fn plan(op: &AlterColumn, p: &mut Planner<'_>) -> Result<()> {
+    duplicate(op, p, None).await
+}
+
+/// Duplicate the column with `op`'s changes; `dropping` names a constraint
+/// of the column the copy does not carry (`drop_constraint`).
+pub async fn duplicate(
+    op: &AlterColumn,
+    p: &mut Planner<'_>,
+    dropping: Option<&str>,
+) -> Result<()> {
     if op.name.is_some() {
         return Err(p.err(
             "name",
@@ -35,7 +45,8 @@ pub async fn plan(op: &AlterColumn, p: &mut Planner<'_>) -> Result<()> {
             )
         })?
         .clone();
-    let changes_shape = op.type_.is_some()
+    let changes_shape = dropping.is_some()
+        || op.type_.is_some()
         || op.nullable.is_some()
         || op.default.is_some()
         || op.check.is_some()
@@ -217,7 +228,7 @@ pub async fn plan(op: &AlterColumn, p: &mut Planner<'_>) -> Result<()> {
         for con in b
             .constraints
             .iter()
-            .filter(|c| c.columns == [col.physical.clone()])
+            .filter(|c| c.columns == [col.physical.clone()] && Some(c.name.as_str()) != dropping)
         {
             let copy = bounded_name("_pgshift_c_", &con.name);
             let def = match con.kind {
@@ -259,7 +270,11 @@ pub async fn plan(op: &AlterColumn, p: &mut Planner<'_>) -> Result<()> {
     );
     // Carry the original's indexes over (built concurrently on the copy).
     if let Some(b) = base_table {
-        for idx in b.indexes.iter().filter(|i| !i.primary) {
+        for idx in b
+            .indexes
+            .iter()
+            .filter(|i| !i.primary && (dropping.is_none() || i.constraint.as_deref() != dropping))
+        {
             let keys: Vec<String> = idx
                 .key_defs
                 .iter()

@@ -7,6 +7,7 @@ mod alter_column;
 mod create_index;
 mod create_table;
 mod drop_column;
+mod drop_constraint;
 mod drop_index;
 mod drop_table;
 mod raw_sql;
@@ -35,6 +36,7 @@ pub async fn plan(op: &Operation, p: &mut Planner<'_>) -> Result<()> {
         Operation::DropTable(o) => drop_table::plan(o, p),
         Operation::Sql(o) => raw_sql::plan(o, p),
         Operation::RenameConstraint(o) => rename_constraint::plan(o, p),
+        Operation::DropConstraint(o) => drop_constraint::plan(o, p).await,
         Operation::SetReplicaIdentity(o) => set_replica_identity::plan(o, p).await,
         other => Err(p.err(
             "",

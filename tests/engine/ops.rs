@@ -448,3 +448,66 @@ async fn rename_constraint_happens_at_complete() {
     .run()
     .await;
 }
+
+#[tokio::test]
+async fn drop_constraint_frees_the_new_version_and_down_keeps_the_old_one_valid() {
+    Scenario {
+        name: "drop_constraint",
+        setup: "CREATE TABLE posts (id int PRIMARY KEY, title text CONSTRAINT title_length CHECK (length(title) > 3));
+                INSERT INTO posts VALUES (1, 'long title');",
+        migration: "operations:
+  - drop_constraint:
+      table: posts
+      name: title_length
+      up: title
+      down: SELECT CASE WHEN length(title) <= 3 THEN LPAD(title, 4, '-') ELSE title END
+",
+        during: vec![
+            New("INSERT INTO posts VALUES (2, 'ab')"),
+            Old("INSERT INTO posts VALUES (3, 'old title')"),
+            NewSees("SELECT title FROM posts WHERE id = 2", "ab"),
+            OldSees("SELECT title FROM posts WHERE id = 2", "--ab"),
+            NewSees("SELECT title FROM posts WHERE id = 3", "old title"),
+        ],
+        after_complete: vec![
+            ("SELECT count(*) FROM pg_constraint WHERE conname = 'title_length'", "0"),
+            ("SELECT string_agg(title, ',' ORDER BY id) FROM posts", "long title,ab,old title"),
+        ],
+        after_rollback: vec![
+            ("SELECT count(*) FROM pg_constraint WHERE conname = 'title_length'", "1"),
+            ("SELECT string_agg(title, ',' ORDER BY id) FROM posts", "long title,--ab,old title"),
+        ],
+    }
+    .run()
+    .await;
+}
+
+#[tokio::test]
+async fn drop_constraint_removes_a_unique_constraint_and_a_foreign_key() {
+    Scenario {
+        name: "drop_unique_fk",
+        setup: "CREATE TABLE authors (id int PRIMARY KEY); INSERT INTO authors VALUES (1);
+                CREATE TABLE reviews (id int PRIMARY KEY, review text CONSTRAINT reviews_review_unique UNIQUE,
+                                      author int CONSTRAINT reviews_author_fk REFERENCES authors (id));
+                INSERT INTO reviews VALUES (1, 'good', 1);",
+        migration: "operations:
+  - drop_constraint: {table: reviews, name: reviews_review_unique, up: review, down: \"review || '-' || id\"}
+  - drop_constraint: {table: reviews, name: reviews_author_fk, up: author, down: 'CASE WHEN author IN (SELECT id FROM authors) THEN author END'}
+",
+        during: vec![
+            New("INSERT INTO reviews VALUES (2, 'good', 99)"),
+            NewSees("SELECT count(*) FROM reviews WHERE review = 'good'", "2"),
+            OldSees("SELECT review, author IS NULL FROM reviews WHERE id = 2", "good-2|t"),
+        ],
+        after_complete: vec![
+            ("SELECT count(*) FROM pg_constraint WHERE conname IN ('reviews_review_unique', 'reviews_author_fk')", "0"),
+            ("SELECT string_agg(review || ':' || author, ',' ORDER BY id) FROM reviews", "good:1,good:99"),
+        ],
+        after_rollback: vec![
+            ("SELECT count(*) FROM pg_constraint WHERE conname IN ('reviews_review_unique', 'reviews_author_fk')", "2"),
+            ("SELECT string_agg(review, ',' ORDER BY id) FROM reviews", "good,good-2"),
+        ],
+    }
+    .run()
+    .await;
+}
