@@ -16,15 +16,18 @@ use crate::plan::{Action, Assign, Planner, Stage, Step, PREFIX};
 use crate::sql::{bounded_name, ident, rewrite_column_refs};
 
 pub async fn plan(op: &AlterColumn, p: &mut Planner<'_>) -> Result<()> {
-    duplicate(op, p, None).await
+    duplicate(op, p, None, false).await
 }
 
 /// Duplicate the column with `op`'s changes; `dropping` names a constraint
-/// of the column the copy does not carry (`drop_constraint`).
+/// of the column the copy does not carry (`drop_constraint`); `force`
+/// duplicates even without a change of shape (`create_constraint` puts its
+/// constraint on the copy).
 pub async fn duplicate(
     op: &AlterColumn,
     p: &mut Planner<'_>,
     dropping: Option<&str>,
+    force: bool,
 ) -> Result<()> {
     if op.name.is_some() {
         return Err(p.err(
@@ -45,7 +48,8 @@ pub async fn duplicate(
             )
         })?
         .clone();
-    let changes_shape = dropping.is_some()
+    let changes_shape = force
+        || dropping.is_some()
         || op.type_.is_some()
         || op.nullable.is_some()
         || op.default.is_some()
@@ -210,57 +214,6 @@ pub async fn duplicate(
         );
         validate(p, &r.name);
     }
-    // Carry the original's single-column checks and foreign keys over, unless
-    // the type changes: they were written for the old type.
-    if let (Some(b), true) = (base_table, type_changed) {
-        for con in b
-            .constraints
-            .iter()
-            .filter(|c| c.columns == [col.physical.clone()] && matches!(c.kind, 'c' | 'f'))
-        {
-            tracing::warn!(
-                "constraint {:?} on {}.{} is not carried over to the new type; it is dropped with the old column at complete (add it again with `check`/`references`)",
-                con.name, op.table, op.column
-            );
-        }
-    }
-    if let (Some(b), false) = (base_table, type_changed) {
-        for con in b
-            .constraints
-            .iter()
-            .filter(|c| c.columns == [col.physical.clone()] && Some(c.name.as_str()) != dropping)
-        {
-            let copy = bounded_name("_pgshift_c_", &con.name);
-            let def = match con.kind {
-                'c' => rewrite_column_refs(&con.definition, &col.physical, &temp),
-                'f' => match con.definition.split_once(" REFERENCES ") {
-                    Some((head, tail)) => format!(
-                        "{} REFERENCES {tail}",
-                        rewrite_column_refs(head, &col.physical, &temp)
-                    ),
-                    None => continue,
-                },
-                _ => continue,
-            };
-            let def = def.trim_end_matches(" NOT VALID").to_string();
-            p.constrain(
-                &table.physical,
-                format!(
-                    "ALTER TABLE {t} ADD CONSTRAINT {} {def} NOT VALID",
-                    ident(&copy)
-                ),
-            );
-            validate(p, &copy);
-            p.cutover_post.push((
-                table.physical.clone(),
-                format!(
-                    "ALTER TABLE {t} RENAME CONSTRAINT {} TO {}",
-                    ident(&copy),
-                    ident(&con.name)
-                ),
-            ));
-        }
-    }
     p.start.push(
         Step::sql(
             format!("add column {temp} for {}.{}", op.table, op.column),
@@ -268,57 +221,16 @@ pub async fn duplicate(
         )
         .on_table(&p.schema, &table.physical),
     );
-    // Carry the original's indexes over (built concurrently on the copy).
-    if let Some(b) = base_table {
-        for idx in b
-            .indexes
-            .iter()
-            .filter(|i| !i.primary && (dropping.is_none() || i.constraint.as_deref() != dropping))
-        {
-            let keys: Vec<String> = idx
-                .key_defs
-                .iter()
-                .map(|k| rewrite_column_refs(k, &col.physical, &temp))
-                .collect();
-            let pred = idx
-                .predicate
-                .as_ref()
-                .map(|w| rewrite_column_refs(w, &col.physical, &temp));
-            if keys == idx.key_defs && pred == idx.predicate {
-                continue;
-            }
-            let copy = bounded_name("_pgshift_i_", &idx.name);
-            let mut sql = format!(
-                "CREATE {}INDEX CONCURRENTLY IF NOT EXISTS {} ON {t} USING {} ({})",
-                if idx.unique { "UNIQUE " } else { "" },
-                ident(&copy),
-                ident(&idx.method),
-                keys.join(", ")
-            );
-            if let Some(w) = pred {
-                sql.push_str(&format!(" WHERE {w}"));
-            }
-            p.start.push(Step {
-                describe: format!("copy index {} onto {temp}", idx.name),
-                action: Action::CreateIndex {
-                    sql,
-                    schema: p.schema.clone(),
-                    index: copy.clone(),
-                },
-                lock_table: Some((p.schema.clone(), table.physical.clone())),
-                weak_lock: false,
-            });
-            let attach = match &idx.constraint {
-                Some(con) => format!(
-                    "ALTER TABLE {t} ADD CONSTRAINT {} UNIQUE USING INDEX {}",
-                    ident(con),
-                    ident(&copy)
-                ),
-                None => format!("ALTER INDEX {} RENAME TO {}", p.q(&copy), ident(&idx.name)),
-            };
-            p.cutover_post.push((table.physical.clone(), attach));
-        }
-    }
+    // The original's indexes, checks and foreign keys are copied onto the
+    // copies once every operation is planned (they may span several
+    // duplicated columns).
+    p.duplicated.push(crate::plan::Duplicated {
+        table: table.physical.clone(),
+        column: col.physical.clone(),
+        copy: temp.clone(),
+        dropping: dropping.map(str::to_string),
+        type_changed,
+    });
     if let Some(u) = &op.unique {
         check_ident(p, "unique.name", &u.name)?;
         let idx = bounded_name("_pgshift_uq_", &u.name);

@@ -67,5 +67,5 @@ pub async fn plan(op: &DropConstraint, p: &mut Planner<'_>) -> Result<()> {
         unique: None,
         name: None,
     };
-    super::alter_column::duplicate(&alter, p, Some(&op.name)).await
+    super::alter_column::duplicate(&alter, p, Some(&op.name), false).await
 }

@@ -4,11 +4,13 @@
 
 mod add_column;
 mod alter_column;
+mod create_constraint;
 mod create_index;
 mod create_table;
 mod drop_column;
 mod drop_constraint;
 mod drop_index;
+mod drop_multicolumn_constraint;
 mod drop_table;
 mod raw_sql;
 mod rename_column;
@@ -37,14 +39,9 @@ pub async fn plan(op: &Operation, p: &mut Planner<'_>) -> Result<()> {
         Operation::Sql(o) => raw_sql::plan(o, p),
         Operation::RenameConstraint(o) => rename_constraint::plan(o, p),
         Operation::DropConstraint(o) => drop_constraint::plan(o, p).await,
+        Operation::DropMultiColumnConstraint(o) => drop_multicolumn_constraint::plan(o, p).await,
+        Operation::CreateConstraint(o) => create_constraint::plan(o, p).await,
         Operation::SetReplicaIdentity(o) => set_replica_identity::plan(o, p).await,
-        other => Err(p.err(
-            "",
-            format!(
-                "operation `{}` is not supported yet by pgshift (it parses, but cannot be planned)",
-                other.kind()
-            ),
-        )),
     }
 }
 

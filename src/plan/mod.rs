@@ -171,6 +171,21 @@ pub enum Stage {
     Last = 4,
 }
 
+/// A column duplicated by this migration (alter_column and the constraint
+/// operations).
+#[derive(Debug, Clone)]
+pub struct Duplicated {
+    /// Physical table.
+    pub table: String,
+    /// Physical original column.
+    pub column: String,
+    pub copy: String,
+    /// A constraint the copy must not carry (drop_constraint).
+    pub dropping: Option<String>,
+    /// Constraints written for the old type are not carried.
+    pub type_changed: bool,
+}
+
 /// Planning state shared by the operations.
 pub struct Planner<'a> {
     pub client: &'a Client,
@@ -191,6 +206,8 @@ pub struct Planner<'a> {
     /// trigger, never before it; otherwise old-version writes in between
     /// would leave the new column NULL and break them.
     pub after_trigger: Vec<(String, String)>,
+    /// Columns duplicated by this migration.
+    pub duplicated: Vec<Duplicated>,
     /// Index of the operation being planned, for error messages.
     pub op_index: usize,
     pub op_kind: &'static str,
@@ -318,6 +335,7 @@ pub async fn plan(
         rollback: vec![],
         triggers: vec![],
         after_trigger: vec![],
+        duplicated: vec![],
         op_index: 0,
         op_kind: "",
         has_raw_sql: false,
@@ -381,11 +399,141 @@ async fn unwrap_scalar_select(client: &Client, table: &str, expr: &str) -> Strin
     }
 }
 
+/// Copy every index that covers duplicated columns onto the copies, once per
+/// index with all of its duplicated columns replaced (built concurrently;
+/// attached or renamed into place at cut-over).
+fn copy_indexes(p: &mut Planner<'_>) {
+    let mut tables: Vec<String> = Vec::new();
+    for d in &p.duplicated {
+        if !tables.contains(&d.table) {
+            tables.push(d.table.clone());
+        }
+    }
+    for tbl in tables {
+        let Some(base) = p.base.tables.get(&tbl) else {
+            continue;
+        };
+        let mine: Vec<Duplicated> = p
+            .duplicated
+            .iter()
+            .filter(|d| d.table == tbl)
+            .cloned()
+            .collect();
+        let pairs: Vec<(String, String)> = mine
+            .iter()
+            .map(|d| (d.column.clone(), d.copy.clone()))
+            .collect();
+        let skip: Vec<String> = mine.iter().filter_map(|d| d.dropping.clone()).collect();
+        let rewrite = |s: &str| {
+            pairs.iter().fold(s.to_string(), |acc, (c, tmp)| {
+                crate::sql::rewrite_column_refs(&acc, c, tmp)
+            })
+        };
+        let t = p.q(&tbl);
+        // Checks and foreign keys over duplicated columns: added NOT VALID
+        // on the copies (with the trigger), validated at complete, renamed
+        // into place at cut-over.
+        for con in base.constraints.iter().filter(|c| {
+            matches!(c.kind, 'c' | 'f')
+                && !skip.contains(&c.name)
+                && c.columns
+                    .iter()
+                    .any(|col| pairs.iter().any(|(o, _)| o == col))
+        }) {
+            if mine
+                .iter()
+                .any(|d| d.type_changed && con.columns.contains(&d.column))
+            {
+                tracing::warn!(
+                    "constraint {:?} on {tbl} covers a column whose type changes; it is not carried over and goes with the old column at complete (add it again with `check`/`references`)",
+                    con.name
+                );
+                continue;
+            }
+            let def = match con.kind {
+                'c' => rewrite(&con.definition),
+                _ => match con.definition.split_once(" REFERENCES ") {
+                    Some((head, tail)) => format!("{} REFERENCES {tail}", rewrite(head)),
+                    None => continue,
+                },
+            };
+            let def = def.trim_end_matches(" NOT VALID").to_string();
+            let copy = crate::sql::bounded_name("_pgshift_c_", &con.name);
+            p.constrain(
+                &tbl,
+                format!(
+                    "ALTER TABLE {t} ADD CONSTRAINT {} {def} NOT VALID",
+                    ident(&copy)
+                ),
+            );
+            p.complete_at(
+                Stage::Validate,
+                Step::sql(
+                    format!("validate {} (copy of {})", copy, con.name),
+                    format!("ALTER TABLE {t} VALIDATE CONSTRAINT {}", ident(&copy)),
+                )
+                .on_table(&p.schema, &tbl),
+            );
+            p.cutover_post.push((
+                tbl.clone(),
+                format!(
+                    "ALTER TABLE {t} RENAME CONSTRAINT {} TO {}",
+                    ident(&copy),
+                    ident(&con.name)
+                ),
+            ));
+        }
+        for idx in base
+            .indexes
+            .iter()
+            .filter(|i| !i.primary && !i.constraint.as_ref().is_some_and(|c| skip.contains(c)))
+        {
+            let keys: Vec<String> = idx.key_defs.iter().map(|k| rewrite(k)).collect();
+            let pred = idx.predicate.as_ref().map(|w| rewrite(w));
+            if keys == idx.key_defs && pred == idx.predicate {
+                continue;
+            }
+            let copy = crate::sql::bounded_name("_pgshift_i_", &idx.name);
+            let mut sql = format!(
+                "CREATE {}INDEX CONCURRENTLY IF NOT EXISTS {} ON {t} USING {} ({})",
+                if idx.unique { "UNIQUE " } else { "" },
+                ident(&copy),
+                ident(&idx.method),
+                keys.join(", ")
+            );
+            if let Some(w) = pred {
+                sql.push_str(&format!(" WHERE {w}"));
+            }
+            p.start.push(Step {
+                describe: format!("copy index {} onto the new columns", idx.name),
+                action: Action::CreateIndex {
+                    sql,
+                    schema: p.schema.clone(),
+                    index: copy.clone(),
+                },
+                lock_table: Some((p.schema.clone(), tbl.clone())),
+                weak_lock: false,
+            });
+            let attach = match &idx.constraint {
+                Some(con) => format!(
+                    "ALTER TABLE {t} ADD CONSTRAINT {} UNIQUE USING INDEX {}",
+                    ident(con),
+                    ident(&copy)
+                ),
+                None => format!("ALTER INDEX {} RENAME TO {}", p.q(&copy), ident(&idx.name)),
+            };
+            p.cutover_post.push((tbl.clone(), attach));
+        }
+    }
+}
+
 /// Add the per-table machinery (triggers, cut-over, version schema) and
 /// order the phases.
 fn finish(mut p: Planner<'_>, previous_version_schema: Option<String>) -> Result<Plan> {
     let schema = p.schema.clone();
     let mut backfills = Vec::new();
+
+    copy_indexes(&mut p);
 
     // Dual-write triggers, one per table, installed with the marker column in
     // one transaction so no row is written between them without the trigger.

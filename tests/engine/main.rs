@@ -8,6 +8,7 @@
 mod support;
 
 mod backfill;
+mod compat;
 mod crash;
 mod errors;
 mod ops;

@@ -1,0 +1,196 @@
+//! `create_constraint` (unique, check, foreign_key, primary_key over one or
+//! more columns). On an existing table every column is duplicated (its `up`
+//! repairs existing rows and old-side writes so they satisfy the constraint,
+//! `down` maps new-side values back) and the constraint goes on the copies:
+//! checks and foreign keys NOT VALID (validated at complete), unique through
+//! a concurrent index attached at cut-over. A table created by the same
+//! migration gets the constraint directly.
+
+use super::{check_ident, temp_column};
+use crate::error::Result;
+use crate::migration::format::{AlterColumn, ConstraintType, CreateConstraint};
+use crate::plan::{Action, Planner, Stage, Step};
+use crate::sql::{bounded_name, ident, rewrite_column_refs};
+
+pub async fn plan(op: &CreateConstraint, p: &mut Planner<'_>) -> Result<()> {
+    check_ident(p, "name", &op.name)?;
+    let table = p.table("table", &op.table)?.clone();
+    if op.columns.is_empty() && op.type_ != ConstraintType::Check {
+        return Err(p.err("columns", "list the constrained columns"));
+    }
+    for (i, c) in op.columns.iter().enumerate() {
+        if table.column(c).is_none() {
+            return Err(p.err(
+                &format!("columns[{i}]"),
+                format!("column {c:?} does not exist on table {:?}", op.table),
+            ));
+        }
+    }
+    let t = p.q(&table.physical);
+    let clause = |cols: &[String], p: &Planner<'_>| -> Result<String> {
+        let list = cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+        Ok(match op.type_ {
+            ConstraintType::Unique => format!("UNIQUE ({list})"),
+            ConstraintType::PrimaryKey => format!("PRIMARY KEY ({list})"),
+            ConstraintType::Check => {
+                let mut expr = op
+                    .check
+                    .clone()
+                    .ok_or_else(|| p.err("check", "a check constraint needs `check`"))?;
+                for (orig, now) in op.columns.iter().zip(cols) {
+                    expr = rewrite_column_refs(&expr, orig, now);
+                }
+                format!(
+                    "CHECK ({expr}){}",
+                    if op.no_inherit { " NO INHERIT" } else { "" }
+                )
+            }
+            ConstraintType::ForeignKey => {
+                let r = op
+                    .references
+                    .as_ref()
+                    .ok_or_else(|| p.err("references", "a foreign key needs `references`"))?;
+                let target = p.table("references.table", &r.table)?;
+                let refs = r
+                    .columns
+                    .iter()
+                    .map(|c| {
+                        target
+                            .column(c)
+                            .map(|col| ident(&col.physical))
+                            .ok_or_else(|| {
+                                p.err(
+                                    "references.columns",
+                                    format!("column {c:?} does not exist on table {:?}", r.table),
+                                )
+                            })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let mut s = format!(
+                    "FOREIGN KEY ({list}) REFERENCES {} ({})",
+                    p.q(&target.physical),
+                    refs.join(", ")
+                );
+                if let Some(m) = r.match_type {
+                    s.push_str(&format!(" MATCH {}", m.sql()));
+                }
+                if let Some(a) = r.on_delete {
+                    s.push_str(&format!(" ON DELETE {}", a.sql()));
+                }
+                if let Some(a) = r.on_update {
+                    s.push_str(&format!(" ON UPDATE {}", a.sql()));
+                }
+                s
+            }
+            ConstraintType::Exclude => {
+                return Err(p.err(
+                    "type",
+                    "exclusion constraints go through create_table or sql",
+                ));
+            }
+        })
+    };
+    if table.created {
+        // No old side: the constraint goes on at start, in the open.
+        let cols: Vec<String> = op
+            .columns
+            .iter()
+            .map(|c| {
+                table
+                    .column(c)
+                    .map(|x| x.physical.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let sql = format!(
+            "ALTER TABLE {t} ADD CONSTRAINT {} {}",
+            ident(&op.name),
+            clause(&cols, p)?
+        );
+        p.start.push(
+            Step::sql(format!("add constraint {} to {}", op.name, op.table), sql)
+                .on_table(&p.schema, &table.physical),
+        );
+        return Ok(());
+    }
+    if op.type_ == ConstraintType::PrimaryKey {
+        return Err(p.err(
+            "type",
+            "adding a primary key to an existing table is not supported yet (it needs NOT NULL on the key columns); create a unique constraint",
+        ));
+    }
+    for (field, map) in [("up", &op.up), ("down", &op.down)] {
+        if let Some(k) = map.keys().find(|k| !op.columns.contains(k)) {
+            return Err(p.err(
+                &format!("{field}.{k}"),
+                format!("{k:?} is not one of `columns`"),
+            ));
+        }
+    }
+    for c in &op.columns {
+        let alter = AlterColumn {
+            table: op.table.clone(),
+            column: c.clone(),
+            up: op.up.get(c).cloned(),
+            down: op.down.get(c).cloned(),
+            type_: None,
+            nullable: None,
+            default: None,
+            comment: None,
+            check: None,
+            references: None,
+            unique: None,
+            name: None,
+        };
+        super::alter_column::duplicate(&alter, p, None, true).await?;
+    }
+    let temps: Vec<String> = op.columns.iter().map(|c| temp_column(c)).collect();
+    match op.type_ {
+        ConstraintType::Unique => {
+            let idx = bounded_name("_pgshift_uq_", &op.name);
+            p.start.push(Step {
+                describe: format!("build unique index for constraint {}", op.name),
+                action: Action::CreateIndex {
+                    sql: format!(
+                        "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {} ON {t} ({})",
+                        ident(&idx),
+                        temps
+                            .iter()
+                            .map(|c| ident(c))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    schema: p.schema.clone(),
+                    index: idx.clone(),
+                },
+                lock_table: Some((p.schema.clone(), table.physical.clone())),
+                weak_lock: false,
+            });
+            p.cutover_post.push((
+                table.physical.clone(),
+                format!(
+                    "ALTER TABLE {t} ADD CONSTRAINT {} UNIQUE USING INDEX {}",
+                    ident(&op.name),
+                    ident(&idx)
+                ),
+            ));
+        }
+        _ => {
+            let sql = format!(
+                "ALTER TABLE {t} ADD CONSTRAINT {} {} NOT VALID",
+                ident(&op.name),
+                clause(&temps, p)?
+            );
+            p.constrain(&table.physical, sql);
+            p.complete_at(
+                Stage::Validate,
+                Step::sql(
+                    format!("validate constraint {}", op.name),
+                    format!("ALTER TABLE {t} VALIDATE CONSTRAINT {}", ident(&op.name)),
+                )
+                .on_table(&p.schema, &table.physical),
+            );
+        }
+    }
+    Ok(())
+}
