@@ -102,6 +102,13 @@ pub enum Command {
         #[arg(long, short = 'c')]
         complete: bool,
     },
+    /// Write the applied migrations (as stored, byte for byte) into DIR.
+    Pull {
+        dir: PathBuf,
+        /// Overwrite files whose contents differ.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the newest version schema (or migration name).
     Latest {
         /// Print the migration name instead of the version schema.
@@ -320,6 +327,43 @@ pub async fn run(cli: Cli) -> Result<()> {
             } else {
                 println!("applied: {}", started.join(", "));
             }
+        }
+        Command::Pull { dir, force } => {
+            let e = connect().await?;
+            let history = e.history().await?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|err| Error::io(format!("cannot create {}", dir.display()), err))?;
+            // Check every file first: nothing is written unless all can be.
+            let mut plan = Vec::new();
+            for (name, contents) in &history {
+                let ext = if contents.trim_start().starts_with('{') {
+                    "json"
+                } else {
+                    "yaml"
+                };
+                let path = dir.join(format!("{name}.{ext}"));
+                match std::fs::read_to_string(&path) {
+                    Ok(existing) if existing == *contents => continue,
+                    Ok(_) if !force => {
+                        return Err(Error::config(format!(
+                            "{} exists with other contents than the applied migration {name:?}; nothing written (use --force to overwrite)",
+                            path.display()
+                        )))
+                    }
+                    _ => plan.push((path, contents)),
+                }
+            }
+            for (path, contents) in &plan {
+                std::fs::write(path, contents)
+                    .map_err(|err| Error::io(format!("cannot write {}", path.display()), err))?;
+                println!("wrote {}", path.display());
+            }
+            println!(
+                "{} migration(s) in {}, {} written",
+                history.len(),
+                dir.display(),
+                plan.len()
+            );
         }
         Command::Latest { migration } => match connect().await?.latest().await? {
             Some(m) if migration => println!("{}", m.name),

@@ -705,6 +705,18 @@ impl Engine {
         })
     }
 
+    /// Every migration of the schema in order, as (name, file contents).
+    pub async fn history(&self) -> Result<Vec<(String, String)>> {
+        if !state::initialized(&self.client).await? {
+            return Ok(vec![]);
+        }
+        Ok(state::history(&self.client, self.schema())
+            .await?
+            .into_iter()
+            .map(|m| (m.name, m.contents))
+            .collect())
+    }
+
     /// The newest migration (active or complete), if any.
     pub async fn latest(&self) -> Result<Option<MigrationRow>> {
         if !state::initialized(&self.client).await? {

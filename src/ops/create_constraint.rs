@@ -128,6 +128,21 @@ pub async fn plan(op: &CreateConstraint, p: &mut Planner<'_>) -> Result<()> {
         }
     }
     for c in &op.columns {
+        let physical = table
+            .column(c)
+            .map(|x| x.physical.clone())
+            .unwrap_or_default();
+        if physical.starts_with(crate::plan::PREFIX) {
+            // Already duplicated by an earlier operation of this migration:
+            // the constraint goes on that copy.
+            if op.up.contains_key(c) || op.down.contains_key(c) {
+                return Err(p.err(
+                    &format!("up.{c}"),
+                    format!("column {c:?} is already changed by an earlier operation of this migration; give its up/down there"),
+                ));
+            }
+            continue;
+        }
         let alter = AlterColumn {
             table: op.table.clone(),
             column: c.clone(),
@@ -144,7 +159,17 @@ pub async fn plan(op: &CreateConstraint, p: &mut Planner<'_>) -> Result<()> {
         };
         super::alter_column::duplicate(&alter, p, None, true).await?;
     }
-    let temps: Vec<String> = op.columns.iter().map(|c| temp_column(c)).collect();
+    // The copies, as the model now names them.
+    let now = p.table("table", &op.table)?.clone();
+    let temps: Vec<String> = op
+        .columns
+        .iter()
+        .map(|c| {
+            now.column(c)
+                .map(|x| x.physical.clone())
+                .unwrap_or_else(|| temp_column(c))
+        })
+        .collect();
     match op.type_ {
         ConstraintType::Unique => {
             let idx = bounded_name("_pgshift_uq_", &op.name);

@@ -511,3 +511,83 @@ async fn drop_constraint_removes_a_unique_constraint_and_a_foreign_key() {
     .run()
     .await;
 }
+
+#[tokio::test]
+async fn create_constraint_check_over_two_columns_repairs_old_rows_with_up() {
+    Scenario {
+        name: "create_check",
+        setup: "CREATE TABLE tickets (id int PRIMARY KEY, sellers_name text, sellers_zip int);
+                INSERT INTO tickets VALUES (1, 'alice', 0), (2, 'bob', 0), (3, 'bob', 5);",
+        migration: "operations:
+  - create_constraint:
+      type: check
+      table: tickets
+      name: check_zip_name
+      columns: [sellers_name, sellers_zip]
+      check: sellers_name = 'alice' OR sellers_zip > 0
+      up:
+        sellers_zip: CASE WHEN sellers_name != 'alice' AND sellers_zip <= 0 THEN 123 ELSE sellers_zip END
+      down:
+        sellers_zip: sellers_zip
+",
+        during: vec![
+            Old("INSERT INTO tickets VALUES (4, 'carol', -1)"),
+            New("INSERT INTO tickets VALUES (5, 'dave', 9)"),
+            NewSees("SELECT string_agg(sellers_zip::text, ',' ORDER BY id) FROM tickets", "0,123,5,123,9"),
+            OldSees("SELECT string_agg(sellers_zip::text, ',' ORDER BY id) FROM tickets", "0,0,5,-1,9"),
+        ],
+        after_complete: vec![
+            ("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'check_zip_name'", "CHECK (((sellers_name = 'alice'::text) OR (sellers_zip > 0)))"),
+            ("SELECT convalidated FROM pg_constraint WHERE conname = 'check_zip_name'", "t"),
+            ("SELECT string_agg(sellers_zip::text, ',' ORDER BY id) FROM tickets", "0,123,5,123,9"),
+        ],
+        after_rollback: vec![
+            ("SELECT count(*) FROM pg_constraint WHERE conname = 'check_zip_name'", "0"),
+            ("SELECT string_agg(sellers_zip::text, ',' ORDER BY id) FROM tickets", "0,0,5,-1,9"),
+        ],
+    }
+    .run()
+    .await;
+}
+
+#[tokio::test]
+async fn create_constraint_unique_and_foreign_key_on_the_same_columns() {
+    Scenario {
+        name: "create_unique_fk",
+        setup: "CREATE TABLE sellers (name text, zip int, PRIMARY KEY (name, zip)); INSERT INTO sellers VALUES ('a', 1), ('b', 2), ('c', 3), ('d', 4);
+                CREATE TABLE tickets (id int PRIMARY KEY, sellers_name text, sellers_zip int,
+                                      CONSTRAINT old_pair CHECK (sellers_zip IS NOT NULL OR sellers_name IS NULL));
+                INSERT INTO tickets VALUES (1, 'a', 1), (2, 'b', 2);",
+        migration: "operations:
+  - create_constraint:
+      type: unique
+      table: tickets
+      name: unique_zip_name
+      columns: [sellers_name, sellers_zip]
+      up: {}
+      down: {}
+  - create_constraint:
+      type: foreign_key
+      table: tickets
+      name: fk_sellers
+      columns: [sellers_name, sellers_zip]
+      references: {table: sellers, columns: [name, zip]}
+      up: {}
+      down: {}
+",
+        during: vec![
+            Old("INSERT INTO tickets VALUES (3, 'c', 3)"),
+            New("INSERT INTO tickets VALUES (4, 'd', 4)"),
+            OldSees("SELECT count(*) FROM tickets", "4"),
+            NewSees("SELECT count(*) FROM tickets WHERE (sellers_name, sellers_zip) IN (SELECT name, zip FROM sellers)", "4"),
+        ],
+        after_complete: vec![
+            ("SELECT string_agg(conname || ' ' || contype::text, ',' ORDER BY conname) FROM pg_constraint WHERE conrelid = 'tickets'::regclass", "fk_sellers f,old_pair c,tickets_pkey p,unique_zip_name u"),
+        ],
+        after_rollback: vec![
+            ("SELECT string_agg(conname, ',' ORDER BY conname) FROM pg_constraint WHERE conrelid = 'tickets'::regclass", "old_pair,tickets_pkey"),
+        ],
+    }
+    .run()
+    .await;
+}

@@ -291,3 +291,50 @@ async fn old_writes_between_expand_steps_are_not_rejected() {
         "X,Y"
     );
 }
+
+#[tokio::test]
+async fn pull_writes_back_the_applied_files_and_migrate_finds_nothing_to_do() {
+    let db = support::fresh_db("pull").await;
+    let src = support::temp_dir("pull-src");
+    let one = "# first\noperations:\n  - create_table: {name: t, columns: [{name: id, type: int, pk: true}]}\n";
+    let two = "{\"operations\": [{\"add_column\": {\"table\": \"t\", \"column\": {\"name\": \"v\", \"type\": \"text\", \"nullable\": true}}}]}\n";
+    std::fs::write(src.join("01_one.yaml"), one).unwrap();
+    std::fs::write(src.join("02_two.json"), two).unwrap();
+    db.pgshift(&["migrate", src.to_str().unwrap(), "--complete"])
+        .ok();
+    let out = support::temp_dir("pull-out");
+    db.pgshift(&["pull", out.to_str().unwrap()]).ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("01_one.yaml")).unwrap(),
+        one
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("02_two.json")).unwrap(),
+        two
+    );
+    let again = db.pgshift(&["migrate", out.to_str().unwrap()]);
+    again.ok();
+    assert!(
+        again.stdout.contains("nothing to apply"),
+        "{}",
+        again.stdout
+    );
+    // A file that differs is not overwritten without --force, and nothing is written.
+    std::fs::write(out.join("01_one.yaml"), "operations: []\n").unwrap();
+    std::fs::remove_file(out.join("02_two.json")).unwrap();
+    let refused = db.pgshift(&["pull", out.to_str().unwrap()]);
+    refused.failed();
+    assert!(
+        refused
+            .stderr
+            .contains("01_one.yaml exists with other contents"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!out.join("02_two.json").exists());
+    db.pgshift(&["pull", out.to_str().unwrap(), "--force"]).ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("01_one.yaml")).unwrap(),
+        one
+    );
+}
