@@ -8,6 +8,7 @@ use super::{check_ident, column_definition, comment_sql, fk_clause, temp_column}
 use crate::error::Result;
 use crate::migration::format::AddColumn;
 use crate::plan::model::VColumn;
+use crate::plan::preflight::Rule;
 use crate::plan::triggers::clean_expr;
 use crate::plan::{Action, Assign, Planner, Stage, Step};
 use crate::schema::default_is_volatile;
@@ -95,6 +96,7 @@ pub async fn plan(op: &AddColumn, p: &mut Planner<'_>) -> Result<()> {
             ));
         }
         let nn = bounded_name("_pgshift_nn_", &c.name);
+        p.require(&table.physical, &c.name, Rule::NotNull(temp.clone()));
         p.constrain(
             &table.physical,
             format!(
@@ -126,6 +128,7 @@ pub async fn plan(op: &AddColumn, p: &mut Planner<'_>) -> Result<()> {
     if let Some(chk) = &c.check {
         check_ident(p, "column.check.name", &chk.name)?;
         let expr = rewrite_column_refs(&chk.constraint, &c.name, &temp);
+        p.require(&table.physical, &chk.name, Rule::Check(expr.clone()));
         p.constrain(
             &table.physical,
             format!(
@@ -145,6 +148,8 @@ pub async fn plan(op: &AddColumn, p: &mut Planner<'_>) -> Result<()> {
     }
     if let Some(r) = &c.references {
         check_ident(p, "column.references.name", &r.name)?;
+        let rule = super::fk_rule(p, "column.references", r, &temp)?;
+        p.require(&table.physical, &r.name, rule);
         p.constrain(
             &table.physical,
             format!(
@@ -174,6 +179,11 @@ pub async fn plan(op: &AddColumn, p: &mut Planner<'_>) -> Result<()> {
         .on_table(&p.schema, &table.physical),
     );
     if c.unique {
+        p.require(
+            &table.physical,
+            &format!("unique {}", c.name),
+            Rule::Unique(vec![temp.clone()]),
+        );
         let idx = bounded_name("_pgshift_uq_", &format!("{}_{}", table.physical, c.name));
         p.start.push(Step {
             describe: format!("build unique index for {}.{}", op.table, c.name),

@@ -11,6 +11,7 @@
 use super::{check_ident, comment_sql, fk_clause, temp_column};
 use crate::error::Result;
 use crate::migration::format::AlterColumn;
+use crate::plan::preflight::Rule;
 use crate::plan::triggers::clean_expr;
 use crate::plan::{Action, Assign, Planner, Stage, Step, PREFIX};
 use crate::sql::{bounded_name, ident, rewrite_column_refs};
@@ -167,6 +168,7 @@ pub async fn duplicate(
     };
     if !nullable {
         let nn = bounded_name("_pgshift_nn_", &col.name);
+        p.require(&table.physical, &op.column, Rule::NotNull(temp.clone()));
         p.constrain(
             &table.physical,
             format!(
@@ -191,6 +193,7 @@ pub async fn duplicate(
     if let Some(chk) = &op.check {
         check_ident(p, "check.name", &chk.name)?;
         let expr = rewrite_column_refs(&chk.constraint, &col.name, &temp);
+        p.require(&table.physical, &chk.name, Rule::Check(expr.clone()));
         p.constrain(
             &table.physical,
             format!(
@@ -203,6 +206,8 @@ pub async fn duplicate(
     }
     if let Some(r) = &op.references {
         check_ident(p, "references.name", &r.name)?;
+        let rule = super::fk_rule(p, "references", r, &temp)?;
+        p.require(&table.physical, &r.name, rule);
         p.constrain(
             &table.physical,
             format!(
@@ -233,6 +238,7 @@ pub async fn duplicate(
     });
     if let Some(u) = &op.unique {
         check_ident(p, "unique.name", &u.name)?;
+        p.require(&table.physical, &u.name, Rule::Unique(vec![temp.clone()]));
         let idx = bounded_name("_pgshift_uq_", &u.name);
         p.start.push(Step {
             describe: format!(

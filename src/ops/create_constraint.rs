@@ -9,6 +9,7 @@
 use super::{check_ident, temp_column};
 use crate::error::Result;
 use crate::migration::format::{AlterColumn, ConstraintType, CreateConstraint};
+use crate::plan::preflight::Rule;
 use crate::plan::{Action, Planner, Stage, Step};
 use crate::sql::{bounded_name, ident, rewrite_column_refs};
 
@@ -170,6 +171,45 @@ pub async fn plan(op: &CreateConstraint, p: &mut Planner<'_>) -> Result<()> {
                 .unwrap_or_else(|| temp_column(c))
         })
         .collect();
+    // What the existing rows must satisfy once `up` has run.
+    let rule = match op.type_ {
+        ConstraintType::Unique => Some(Rule::Unique(temps.clone())),
+        ConstraintType::Check => op.check.as_ref().map(|c| {
+            Rule::Check(
+                op.columns
+                    .iter()
+                    .zip(&temps)
+                    .fold(c.clone(), |acc, (orig, now)| {
+                        rewrite_column_refs(&acc, orig, now)
+                    }),
+            )
+        }),
+        ConstraintType::ForeignKey => match &op.references {
+            Some(r) => {
+                let target = p.table("references.table", &r.table)?;
+                let cols = r
+                    .columns
+                    .iter()
+                    .map(|c| {
+                        target
+                            .column(c)
+                            .map(|x| x.physical.clone())
+                            .unwrap_or_else(|| c.clone())
+                    })
+                    .collect();
+                Some(Rule::ForeignKey {
+                    columns: temps.clone(),
+                    target: p.q(&target.physical),
+                    target_columns: cols,
+                })
+            }
+            None => None,
+        },
+        _ => None,
+    };
+    if let Some(rule) = rule {
+        p.require(&table.physical, &op.name, rule);
+    }
     match op.type_ {
         ConstraintType::Unique => {
             let idx = bounded_name("_pgshift_uq_", &op.name);

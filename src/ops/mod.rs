@@ -72,6 +72,30 @@ pub fn storage_type(type_sql: &str) -> String {
     }
 }
 
+/// The preflight rule of a column-level foreign key on new column `column`.
+pub fn fk_rule(
+    p: &Planner<'_>,
+    field: &str,
+    r: &ForeignKeyReference,
+    column: &str,
+) -> Result<crate::plan::preflight::Rule> {
+    let target = p.table(&format!("{field}.table"), &r.table)?;
+    let col = target.column(&r.column).ok_or_else(|| {
+        p.err(
+            &format!("{field}.column"),
+            format!(
+                "column {:?} does not exist on table {:?}",
+                r.column, r.table
+            ),
+        )
+    })?;
+    Ok(crate::plan::preflight::Rule::ForeignKey {
+        columns: vec![column.to_string()],
+        target: p.q(&target.physical),
+        target_columns: vec![col.physical.clone()],
+    })
+}
+
 /// `REFERENCES "s"."t" ("c") MATCH ... ON DELETE ... ON UPDATE ...` for a
 /// column-level foreign key; the referenced table is resolved through the model.
 pub fn fk_clause(p: &Planner<'_>, field: &str, r: &ForeignKeyReference) -> Result<String> {

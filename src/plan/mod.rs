@@ -13,6 +13,7 @@
 //! after a crash runs exactly what was planned.
 
 pub mod model;
+pub mod preflight;
 pub mod triggers;
 pub mod views;
 
@@ -208,6 +209,8 @@ pub struct Planner<'a> {
     pub after_trigger: Vec<(String, String)>,
     /// Columns duplicated by this migration.
     pub duplicated: Vec<Duplicated>,
+    /// Constraints the existing rows must satisfy (checked before start).
+    pub preflight: Vec<preflight::Preflight>,
     /// Index of the operation being planned, for error messages.
     pub op_index: usize,
     pub op_kind: &'static str,
@@ -262,6 +265,16 @@ impl<'a> Planner<'a> {
         self.triggers.push(TriggerSpec::new(&self.schema, table));
         let last = self.triggers.len() - 1;
         &mut self.triggers[last]
+    }
+
+    /// Check before start that the existing rows, with their `up` values,
+    /// satisfy `rule` (constraint `name` on physical `table`).
+    pub fn require(&mut self, table: &str, name: &str, rule: preflight::Rule) {
+        self.preflight.push(preflight::Preflight {
+            table: table.to_string(),
+            name: name.to_string(),
+            rule,
+        });
     }
 
     /// Add `sql` (an `ADD CONSTRAINT ... NOT VALID` on a new column of
@@ -336,6 +349,7 @@ pub async fn plan(
         triggers: vec![],
         after_trigger: vec![],
         duplicated: vec![],
+        preflight: vec![],
         op_index: 0,
         op_kind: "",
         has_raw_sql: false,
@@ -360,6 +374,7 @@ pub async fn plan(
             a.expr = unwrap_scalar_select(client, &table, &a.expr).await;
         }
     }
+    preflight::run(&p).await?;
     finish(p, previous_version_schema)
 }
 

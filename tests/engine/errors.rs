@@ -128,3 +128,63 @@ async fn all_pgroll_examples_parse() {
         pgshift::migration::Migration::load(&f).unwrap_or_else(|e| panic!("{e}"));
     }
 }
+
+#[tokio::test]
+async fn rows_that_would_break_a_new_constraint_are_reported_and_nothing_is_applied() {
+    let db = support::fresh_db("preflight").await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE users (id int PRIMARY KEY);
+         INSERT INTO users VALUES (1), (2);
+         CREATE TABLE posts (id int PRIMARY KEY, title text, author int, code text);
+         INSERT INTO posts VALUES (1, 'a', 1, 'x'), (2, NULL, 7, 'x'), (3, NULL, 8, 'y'), (4, 'd', 2, 'z');",
+    )
+    .await
+    .unwrap();
+    let dir = support::temp_dir("preflight");
+    let cases = [
+        (
+            "nn",
+            "operations:\n  - alter_column: {table: posts, column: title, nullable: false, up: title}\n",
+            "constraint \"title\" on table \"posts\": 2 existing rows would be NULL; first keys (id): 2; 3",
+        ),
+        (
+            "fk",
+            "operations:\n  - alter_column: {table: posts, column: author, references: {name: posts_author_fk, table: users, column: id}, up: author}\n",
+            "constraint \"posts_author_fk\" on table \"posts\": 2 existing rows would have no match in \"public\".\"users\" (orphans); first keys (id): 2; 3",
+        ),
+        (
+            "check",
+            "operations:\n  - create_constraint: {type: check, table: posts, name: short_code, columns: [code], check: \"code <> 'x'\", up: {}, down: {}}\n",
+            "constraint \"short_code\" on table \"posts\": 2 existing rows would fail the check; first keys (id): 1; 2",
+        ),
+        (
+            "unique",
+            "operations:\n  - create_constraint: {type: unique, table: posts, name: code_unique, columns: [code], up: {}, down: {}}\n",
+            "constraint \"code_unique\" on table \"posts\": 2 existing rows would share a value (duplicates); first keys (id): 1 and 2",
+        ),
+    ];
+    for (name, yaml, want) in cases {
+        let f = support::write_migration(&dir, name, yaml);
+        let plan = db.pgshift(&["plan", f.to_str().unwrap()]);
+        plan.failed();
+        assert!(plan.stderr.contains(want), "plan {name}: {}", plan.stderr);
+        let out = db.pgshift(&["start", f.to_str().unwrap()]);
+        out.failed();
+        assert!(out.stderr.contains(want), "start {name}: {}", out.stderr);
+        assert!(out.stderr.contains("Nothing was applied"), "{}", out.stderr);
+        assert_nothing_applied(&db).await;
+    }
+    // An `up` that repairs the rows is accepted.
+    let f = support::write_migration(
+        &dir,
+        "fixed",
+        "operations:\n  - alter_column: {table: posts, column: title, nullable: false, up: \"coalesce(title, 'untitled')\"}\n",
+    );
+    db.pgshift(&["start", f.to_str().unwrap(), "--complete"])
+        .ok();
+    assert_eq!(
+        rows(&c, "SELECT count(*) FROM posts WHERE title = 'untitled'").await,
+        "2"
+    );
+}
