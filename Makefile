@@ -37,6 +37,7 @@ bench: deps release
 	@tests/bench/backfill.sh
 	@tests/bench/proxy.sh
 	@tests/bench/daemon.sh
+	@tests/bench/constraints.sh
 
 clean:
 	$(CARGO) clean
