@@ -591,3 +591,36 @@ async fn create_constraint_unique_and_foreign_key_on_the_same_columns() {
     .run()
     .await;
 }
+
+#[tokio::test]
+async fn drop_multicolumn_constraint_frees_both_columns() {
+    Scenario {
+        name: "drop_multicolumn",
+        setup: "CREATE TABLE tickets (id int PRIMARY KEY, sellers_name text, sellers_zip int,
+                                      CONSTRAINT check_zip_name CHECK (sellers_name = 'alice' OR sellers_zip > 0));
+                INSERT INTO tickets VALUES (1, 'alice', 0), (2, 'bob', 5);",
+        migration: "operations:
+  - drop_multicolumn_constraint:
+      table: tickets
+      name: check_zip_name
+      up: {sellers_name: sellers_name, sellers_zip: sellers_zip}
+      down: {sellers_zip: 'CASE WHEN sellers_name <> ''alice'' AND sellers_zip <= 0 THEN 1 ELSE sellers_zip END'}
+",
+        during: vec![
+            New("INSERT INTO tickets VALUES (3, 'carol', -5)"),
+            Old("INSERT INTO tickets VALUES (4, 'dave', 7)"),
+            NewSees("SELECT sellers_zip FROM tickets WHERE id = 3", "-5"),
+            OldSees("SELECT sellers_zip FROM tickets WHERE id = 3", "1"),
+        ],
+        after_complete: vec![
+            ("SELECT count(*) FROM pg_constraint WHERE conname = 'check_zip_name'", "0"),
+            ("SELECT string_agg(sellers_zip::text, ',' ORDER BY id) FROM tickets", "0,5,-5,7"),
+        ],
+        after_rollback: vec![
+            ("SELECT count(*) FROM pg_constraint WHERE conname = 'check_zip_name'", "1"),
+            ("SELECT string_agg(sellers_zip::text, ',' ORDER BY id) FROM tickets", "0,5,1,7"),
+        ],
+    }
+    .run()
+    .await;
+}
