@@ -8,7 +8,7 @@
 
 use super::{check_ident, temp_column};
 use crate::error::Result;
-use crate::migration::format::{AlterColumn, ConstraintType, CreateConstraint};
+use crate::migration::format::{ConstraintType, CreateConstraint};
 use crate::plan::preflight::Rule;
 use crate::plan::{Action, Planner, Stage, Step};
 use crate::sql::{bounded_name, ident, rewrite_column_refs};
@@ -144,20 +144,7 @@ pub async fn plan(op: &CreateConstraint, p: &mut Planner<'_>) -> Result<()> {
             }
             continue;
         }
-        let alter = AlterColumn {
-            table: op.table.clone(),
-            column: c.clone(),
-            up: op.up.get(c).cloned(),
-            down: op.down.get(c).cloned(),
-            type_: None,
-            nullable: None,
-            default: None,
-            comment: None,
-            check: None,
-            references: None,
-            unique: None,
-            name: None,
-        };
+        let alter = super::copy_only(&op.table, c, op.up.get(c).cloned(), op.down.get(c).cloned());
         super::alter_column::duplicate(&alter, p, None, true).await?;
     }
     // The copies, as the model now names them.

@@ -4,40 +4,12 @@
 //! acceptable to the original, which keeps the constraint until complete.
 
 use crate::error::Result;
-use crate::migration::format::{AlterColumn, DropConstraint};
+use crate::migration::format::DropConstraint;
 use crate::plan::Planner;
 
 pub async fn plan(op: &DropConstraint, p: &mut Planner<'_>) -> Result<()> {
     let table = p.table("table", &op.table)?.clone();
-    let con = p
-        .base
-        .tables
-        .get(&table.physical)
-        .and_then(|t| t.constraints.iter().find(|c| c.name == op.name))
-        .cloned()
-        .ok_or_else(|| {
-            p.err(
-                "name",
-                format!(
-                    "constraint {:?} does not exist on table {:?}",
-                    op.name, op.table
-                ),
-            )
-        })?;
-    if !matches!(con.kind, 'c' | 'f' | 'u') {
-        return Err(p.err(
-            "name",
-            format!(
-                "constraint {:?} is a {}; drop_constraint removes check, foreign key and unique constraints",
-                op.name,
-                match con.kind {
-                    'p' => "primary key",
-                    'x' => "exclusion constraint",
-                    _ => "constraint of another kind",
-                }
-            ),
-        ));
-    }
+    let con = super::droppable_constraint(p, &op.table, &op.name)?;
     let [physical] = con.columns.as_slice() else {
         return Err(p.err(
             "name",
@@ -53,19 +25,11 @@ pub async fn plan(op: &DropConstraint, p: &mut Planner<'_>) -> Result<()> {
         .find(|c| c.physical == *physical)
         .map(|c| c.name.clone())
         .unwrap_or_else(|| physical.clone());
-    let alter = AlterColumn {
-        table: op.table.clone(),
-        column,
-        up: Some(op.up.clone()),
-        down: Some(op.down.clone()),
-        type_: None,
-        nullable: None,
-        default: None,
-        comment: None,
-        check: None,
-        references: None,
-        unique: None,
-        name: None,
-    };
+    let alter = super::copy_only(
+        &op.table,
+        &column,
+        Some(op.up.clone()),
+        Some(op.down.clone()),
+    );
     super::alter_column::duplicate(&alter, p, Some(&op.name), false).await
 }

@@ -3,35 +3,12 @@
 //! carry the constraint, and it goes with the original columns at complete.
 
 use crate::error::Result;
-use crate::migration::format::{AlterColumn, DropMultiColumnConstraint};
+use crate::migration::format::DropMultiColumnConstraint;
 use crate::plan::Planner;
 
 pub async fn plan(op: &DropMultiColumnConstraint, p: &mut Planner<'_>) -> Result<()> {
     let table = p.table("table", &op.table)?.clone();
-    let con = p
-        .base
-        .tables
-        .get(&table.physical)
-        .and_then(|t| t.constraints.iter().find(|c| c.name == op.name))
-        .cloned()
-        .ok_or_else(|| {
-            p.err(
-                "name",
-                format!(
-                    "constraint {:?} does not exist on table {:?}",
-                    op.name, op.table
-                ),
-            )
-        })?;
-    if !matches!(con.kind, 'c' | 'f' | 'u') {
-        return Err(p.err(
-            "name",
-            format!(
-                "constraint {:?} is not a check, foreign key or unique constraint",
-                op.name
-            ),
-        ));
-    }
+    let con = super::droppable_constraint(p, &op.table, &op.name)?;
     let names: Vec<String> = con
         .columns
         .iter()
@@ -57,20 +34,12 @@ pub async fn plan(op: &DropMultiColumnConstraint, p: &mut Planner<'_>) -> Result
         }
     }
     for name in names {
-        let alter = AlterColumn {
-            table: op.table.clone(),
-            column: name.clone(),
-            up: op.up.get(&name).cloned(),
-            down: op.down.get(&name).cloned(),
-            type_: None,
-            nullable: None,
-            default: None,
-            comment: None,
-            check: None,
-            references: None,
-            unique: None,
-            name: None,
-        };
+        let alter = super::copy_only(
+            &op.table,
+            &name,
+            op.up.get(&name).cloned(),
+            op.down.get(&name).cloned(),
+        );
         super::alter_column::duplicate(&alter, p, Some(&op.name), false).await?;
     }
     Ok(())

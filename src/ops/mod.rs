@@ -19,7 +19,7 @@ mod rename_table;
 mod set_replica_identity;
 
 use crate::error::Result;
-use crate::migration::format::{Column, ForeignKeyReference};
+use crate::migration::format::{AlterColumn, Column, ForeignKeyReference};
 use crate::migration::Operation;
 use crate::plan::{Planner, PREFIX};
 use crate::sql::{bounded_name, ident, literal};
@@ -72,6 +72,22 @@ pub fn storage_type(type_sql: &str) -> String {
     }
 }
 
+/// The referenced table (qualified) and column (physical) of a
+/// column-level foreign key, resolved through the model.
+fn fk_target(p: &Planner<'_>, field: &str, r: &ForeignKeyReference) -> Result<(String, String)> {
+    let target = p.table(&format!("{field}.table"), &r.table)?;
+    let col = target.column(&r.column).ok_or_else(|| {
+        p.err(
+            &format!("{field}.column"),
+            format!(
+                "column {:?} does not exist on table {:?}",
+                r.column, r.table
+            ),
+        )
+    })?;
+    Ok((p.q(&target.physical), col.physical.clone()))
+}
+
 /// The preflight rule of a column-level foreign key on new column `column`.
 pub fn fk_rule(
     p: &Planner<'_>,
@@ -79,41 +95,79 @@ pub fn fk_rule(
     r: &ForeignKeyReference,
     column: &str,
 ) -> Result<crate::plan::preflight::Rule> {
-    let target = p.table(&format!("{field}.table"), &r.table)?;
-    let col = target.column(&r.column).ok_or_else(|| {
-        p.err(
-            &format!("{field}.column"),
-            format!(
-                "column {:?} does not exist on table {:?}",
-                r.column, r.table
-            ),
-        )
-    })?;
+    let (target, target_column) = fk_target(p, field, r)?;
     Ok(crate::plan::preflight::Rule::ForeignKey {
         columns: vec![column.to_string()],
-        target: p.q(&target.physical),
-        target_columns: vec![col.physical.clone()],
+        target,
+        target_columns: vec![target_column],
     })
+}
+
+/// An `alter_column` that only copies `column` (with `up`/`down`), for the
+/// constraint operations.
+pub fn copy_only(
+    table: &str,
+    column: &str,
+    up: Option<String>,
+    down: Option<String>,
+) -> AlterColumn {
+    AlterColumn {
+        table: table.to_string(),
+        column: column.to_string(),
+        up,
+        down,
+        type_: None,
+        nullable: None,
+        default: None,
+        comment: None,
+        check: None,
+        references: None,
+        unique: None,
+        name: None,
+    }
+}
+
+/// The constraint `name` of `table` (a model table), for the operations
+/// that drop one: it must exist and be a check, foreign key or unique.
+pub fn droppable_constraint(
+    p: &Planner<'_>,
+    table: &str,
+    name: &str,
+) -> Result<crate::schema::Constraint> {
+    let physical = p.table("table", table)?.physical.clone();
+    let con = p
+        .base
+        .tables
+        .get(&physical)
+        .and_then(|t| t.constraints.iter().find(|c| c.name == name))
+        .cloned()
+        .ok_or_else(|| {
+            p.err(
+                "name",
+                format!("constraint {name:?} does not exist on table {table:?}"),
+            )
+        })?;
+    if !matches!(con.kind, 'c' | 'f' | 'u') {
+        return Err(p.err(
+            "name",
+            format!(
+                "constraint {name:?} is a {}; only check, foreign key and unique constraints can be dropped this way",
+                match con.kind {
+                    'p' => "primary key",
+                    'x' => "exclusion constraint",
+                    _ => "constraint of another kind",
+                }
+            ),
+        ));
+    }
+    Ok(con)
 }
 
 /// `REFERENCES "s"."t" ("c") MATCH ... ON DELETE ... ON UPDATE ...` for a
 /// column-level foreign key; the referenced table is resolved through the model.
 pub fn fk_clause(p: &Planner<'_>, field: &str, r: &ForeignKeyReference) -> Result<String> {
-    let target = p.table(&format!("{field}.table"), &r.table)?;
-    let col = target.column(&r.column).ok_or_else(|| {
-        p.err(
-            &format!("{field}.column"),
-            format!(
-                "column {:?} does not exist on table {:?}",
-                r.column, r.table
-            ),
-        )
-    })?;
-    let mut s = format!(
-        "REFERENCES {} ({})",
-        p.q(&target.physical),
-        ident(&col.physical)
-    );
+    let (target, column) = fk_target(p, field, r)?;
+    let mut s = format!("REFERENCES {target} ({})", ident(&column));
     if let Some(m) = r.match_type {
         s.push_str(&format!(" MATCH {}", m.sql()));
     }
