@@ -466,8 +466,14 @@ async fn pause_holds_the_copier_and_resume_lets_it_finish() {
             .contains("pgshift_backfill_throttled 1")
     })
     .await;
+    // Let a batch that was already running commit (a heartbeat later), then
+    // two more heartbeats must pass without a row more.
+    let beat = rows(&c, "SELECT updated_at FROM pgshift.daemons").await;
+    until("a heartbeat", || async {
+        rows(&c, "SELECT updated_at FROM pgshift.daemons").await != beat
+    })
+    .await;
     let held = rows(&c, "SELECT rows_done FROM pgshift.backfills").await;
-    // Two more heartbeats later, not a row more.
     let beat = rows(&c, "SELECT updated_at FROM pgshift.daemons").await;
     until("two heartbeats", || async {
         rows(&c, "SELECT updated_at FROM pgshift.daemons").await != beat
