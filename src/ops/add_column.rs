@@ -10,7 +10,7 @@ use crate::migration::format::AddColumn;
 use crate::plan::model::VColumn;
 use crate::plan::preflight::Rule;
 use crate::plan::triggers::clean_expr;
-use crate::plan::{Action, Assign, Planner, Stage, Step};
+use crate::plan::{Assign, Planner, Step};
 use crate::schema::default_is_volatile;
 use crate::sql::{bounded_name, ident, rewrite_column_refs};
 
@@ -95,77 +95,41 @@ pub async fn plan(op: &AddColumn, p: &mut Planner<'_>) -> Result<()> {
                 format!("column {:?} is NOT NULL without a default: give `up` to fill existing rows and old-version writes (or `nullable: true`)", c.name),
             ));
         }
-        let nn = bounded_name("_pgshift_nn_", &c.name);
-        p.require(&table.physical, &c.name, Rule::NotNull(temp.clone()));
-        p.constrain(
+        p.not_null_via_check(
             &table.physical,
-            format!(
-                "ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID",
-                ident(&nn),
-                ident(&temp)
-            ),
+            &c.name,
+            &temp,
+            format!("validate NOT NULL of {}.{}", op.table, c.name),
         );
-        p.complete_at(
-            Stage::Validate,
-            Step::sql(
-                format!("validate NOT NULL of {}.{}", op.table, c.name),
-                format!("ALTER TABLE {t} VALIDATE CONSTRAINT {}", ident(&nn)),
-            )
-            .on_table(&p.schema, &table.physical),
-        );
-        p.cutover_post.push((
-            table.physical.clone(),
-            format!(
-                "ALTER TABLE {t} ALTER COLUMN {} SET NOT NULL",
-                ident(&c.name)
-            ),
-        ));
-        p.cutover_post.push((
-            table.physical.clone(),
-            format!("ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {}", ident(&nn)),
-        ));
     }
     if let Some(chk) = &c.check {
         check_ident(p, "column.check.name", &chk.name)?;
         let expr = rewrite_column_refs(&chk.constraint, &c.name, &temp);
         p.require(&table.physical, &chk.name, Rule::Check(expr.clone()));
-        p.constrain(
+        p.not_valid_constraint(
             &table.physical,
-            format!(
-                "ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({expr}){} NOT VALID",
-                ident(&chk.name),
+            &chk.name,
+            &format!(
+                "CHECK ({expr}){}",
                 if chk.no_inherit { " NO INHERIT" } else { "" }
             ),
-        );
-        p.complete_at(
-            Stage::Validate,
-            Step::sql(
-                format!("validate check {}", chk.name),
-                format!("ALTER TABLE {t} VALIDATE CONSTRAINT {}", ident(&chk.name)),
-            )
-            .on_table(&p.schema, &table.physical),
+            format!("validate check {}", chk.name),
         );
     }
     if let Some(r) = &c.references {
         check_ident(p, "column.references.name", &r.name)?;
         let rule = super::fk_rule(p, "column.references", r, &temp)?;
         p.require(&table.physical, &r.name, rule);
-        p.constrain(
-            &table.physical,
-            format!(
-                "ALTER TABLE {t} ADD CONSTRAINT {} FOREIGN KEY ({}) {} NOT VALID",
-                ident(&r.name),
-                ident(&temp),
-                fk_clause(p, "column.references", r)?
-            ),
+        let def = format!(
+            "FOREIGN KEY ({}) {}",
+            ident(&temp),
+            fk_clause(p, "column.references", r)?
         );
-        p.complete_at(
-            Stage::Validate,
-            Step::sql(
-                format!("validate foreign key {}", r.name),
-                format!("ALTER TABLE {t} VALIDATE CONSTRAINT {}", ident(&r.name)),
-            )
-            .on_table(&p.schema, &table.physical),
+        p.not_valid_constraint(
+            &table.physical,
+            &r.name,
+            &def,
+            format!("validate foreign key {}", r.name),
         );
     }
     if let Some(cm) = &c.comment {
@@ -185,29 +149,14 @@ pub async fn plan(op: &AddColumn, p: &mut Planner<'_>) -> Result<()> {
             Rule::Unique(vec![temp.clone()]),
         );
         let idx = bounded_name("_pgshift_uq_", &format!("{}_{}", table.physical, c.name));
-        p.start.push(Step {
-            describe: format!("build unique index for {}.{}", op.table, c.name),
-            action: Action::CreateIndex {
-                sql: format!(
-                    "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {} ON {t} ({})",
-                    ident(&idx),
-                    ident(&temp)
-                ),
-                schema: p.schema.clone(),
-                index: idx.clone(),
-            },
-            lock_table: Some((p.schema.clone(), table.physical.clone())),
-            weak_lock: false,
-        });
         let con = bounded_name("", &format!("{}_{}_key", op.table, c.name));
-        p.cutover_post.push((
-            table.physical.clone(),
-            format!(
-                "ALTER TABLE {t} ADD CONSTRAINT {} UNIQUE USING INDEX {}",
-                ident(&con),
-                ident(&idx)
-            ),
-        ));
+        p.unique_via_index(
+            &table.physical,
+            &con,
+            &idx,
+            std::slice::from_ref(&temp),
+            format!("build unique index for {}.{}", op.table, c.name),
+        );
     }
     if let Some(up) = up {
         p.trigger(&table.physical).up.push(Assign {

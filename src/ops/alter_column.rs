@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::migration::format::AlterColumn;
 use crate::plan::preflight::Rule;
 use crate::plan::triggers::clean_expr;
-use crate::plan::{Action, Assign, Planner, Stage, Step, PREFIX};
+use crate::plan::{Assign, Planner, Step, PREFIX};
 use crate::sql::{bounded_name, ident, rewrite_column_refs};
 
 pub async fn plan(op: &AlterColumn, p: &mut Planner<'_>) -> Result<()> {
@@ -158,66 +158,35 @@ pub async fn duplicate(
     if let Some(c) = &comment {
         stmts.push(comment_sql(p, &table.physical, &temp, Some(c)));
     }
-    let validate = |p: &mut Planner<'_>, name: &str| {
-        let step = Step::sql(
-            format!("validate {name} on {}.{}", op.table, op.column),
-            format!("ALTER TABLE {t} VALIDATE CONSTRAINT {}", ident(name)),
-        )
-        .on_table(&p.schema, &table.physical);
-        p.complete_at(Stage::Validate, step);
-    };
+    let describe = |name: &str| format!("validate {name} on {}.{}", op.table, op.column);
     if !nullable {
         let nn = bounded_name("_pgshift_nn_", &col.name);
-        p.require(&table.physical, &op.column, Rule::NotNull(temp.clone()));
-        p.constrain(
-            &table.physical,
-            format!(
-                "ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID",
-                ident(&nn),
-                ident(&temp)
-            ),
-        );
-        validate(p, &nn);
-        p.cutover_post.push((
-            table.physical.clone(),
-            format!(
-                "ALTER TABLE {t} ALTER COLUMN {} SET NOT NULL",
-                ident(&col.name)
-            ),
-        ));
-        p.cutover_post.push((
-            table.physical.clone(),
-            format!("ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {}", ident(&nn)),
-        ));
+        p.not_null_via_check(&table.physical, &col.name, &temp, describe(&nn));
     }
     if let Some(chk) = &op.check {
         check_ident(p, "check.name", &chk.name)?;
         let expr = rewrite_column_refs(&chk.constraint, &col.name, &temp);
         p.require(&table.physical, &chk.name, Rule::Check(expr.clone()));
-        p.constrain(
+        p.not_valid_constraint(
             &table.physical,
-            format!(
-                "ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({expr}){} NOT VALID",
-                ident(&chk.name),
+            &chk.name,
+            &format!(
+                "CHECK ({expr}){}",
                 if chk.no_inherit { " NO INHERIT" } else { "" }
             ),
+            describe(&chk.name),
         );
-        validate(p, &chk.name);
     }
     if let Some(r) = &op.references {
         check_ident(p, "references.name", &r.name)?;
         let rule = super::fk_rule(p, "references", r, &temp)?;
         p.require(&table.physical, &r.name, rule);
-        p.constrain(
-            &table.physical,
-            format!(
-                "ALTER TABLE {t} ADD CONSTRAINT {} FOREIGN KEY ({}) {} NOT VALID",
-                ident(&r.name),
-                ident(&temp),
-                fk_clause(p, "references", r)?
-            ),
+        let def = format!(
+            "FOREIGN KEY ({}) {}",
+            ident(&temp),
+            fk_clause(p, "references", r)?
         );
-        validate(p, &r.name);
+        p.not_valid_constraint(&table.physical, &r.name, &def, describe(&r.name));
     }
     p.start.push(
         Step::sql(
@@ -240,31 +209,16 @@ pub async fn duplicate(
         check_ident(p, "unique.name", &u.name)?;
         p.require(&table.physical, &u.name, Rule::Unique(vec![temp.clone()]));
         let idx = bounded_name("_pgshift_uq_", &u.name);
-        p.start.push(Step {
-            describe: format!(
+        p.unique_via_index(
+            &table.physical,
+            &u.name,
+            &idx,
+            std::slice::from_ref(&temp),
+            format!(
                 "build unique index {} for {}.{}",
                 u.name, op.table, op.column
             ),
-            action: Action::CreateIndex {
-                sql: format!(
-                    "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {} ON {t} ({})",
-                    ident(&idx),
-                    ident(&temp)
-                ),
-                schema: p.schema.clone(),
-                index: idx.clone(),
-            },
-            lock_table: Some((p.schema.clone(), table.physical.clone())),
-            weak_lock: false,
-        });
-        p.cutover_post.push((
-            table.physical.clone(),
-            format!(
-                "ALTER TABLE {t} ADD CONSTRAINT {} UNIQUE USING INDEX {}",
-                ident(&u.name),
-                ident(&idx)
-            ),
-        ));
+        );
     }
 
     let tr = p.trigger(&table.physical);

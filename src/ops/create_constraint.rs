@@ -10,7 +10,7 @@ use super::{check_ident, temp_column};
 use crate::error::Result;
 use crate::migration::format::{ConstraintType, CreateConstraint};
 use crate::plan::preflight::Rule;
-use crate::plan::{Action, Planner, Stage, Step};
+use crate::plan::{Planner, Step};
 use crate::sql::{bounded_name, ident, rewrite_column_refs};
 
 pub async fn plan(op: &CreateConstraint, p: &mut Planner<'_>) -> Result<()> {
@@ -200,47 +200,21 @@ pub async fn plan(op: &CreateConstraint, p: &mut Planner<'_>) -> Result<()> {
     match op.type_ {
         ConstraintType::Unique => {
             let idx = bounded_name("_pgshift_uq_", &op.name);
-            p.start.push(Step {
-                describe: format!("build unique index for constraint {}", op.name),
-                action: Action::CreateIndex {
-                    sql: format!(
-                        "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {} ON {t} ({})",
-                        ident(&idx),
-                        temps
-                            .iter()
-                            .map(|c| ident(c))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                    schema: p.schema.clone(),
-                    index: idx.clone(),
-                },
-                lock_table: Some((p.schema.clone(), table.physical.clone())),
-                weak_lock: false,
-            });
-            p.cutover_post.push((
-                table.physical.clone(),
-                format!(
-                    "ALTER TABLE {t} ADD CONSTRAINT {} UNIQUE USING INDEX {}",
-                    ident(&op.name),
-                    ident(&idx)
-                ),
-            ));
+            p.unique_via_index(
+                &table.physical,
+                &op.name,
+                &idx,
+                &temps,
+                format!("build unique index for constraint {}", op.name),
+            );
         }
         _ => {
-            let sql = format!(
-                "ALTER TABLE {t} ADD CONSTRAINT {} {} NOT VALID",
-                ident(&op.name),
-                clause(&temps, p)?
-            );
-            p.constrain(&table.physical, sql);
-            p.complete_at(
-                Stage::Validate,
-                Step::sql(
-                    format!("validate constraint {}", op.name),
-                    format!("ALTER TABLE {t} VALIDATE CONSTRAINT {}", ident(&op.name)),
-                )
-                .on_table(&p.schema, &table.physical),
+            let def = clause(&temps, p)?;
+            p.not_valid_constraint(
+                &table.physical,
+                &op.name,
+                &def,
+                format!("validate constraint {}", op.name),
             );
         }
     }

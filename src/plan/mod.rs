@@ -283,6 +283,93 @@ impl<'a> Planner<'a> {
         self.after_trigger.push((table.to_string(), sql));
     }
 
+    /// Add constraint `name` (`def`, e.g. `CHECK (...)`) on `table` NOT
+    /// VALID once the trigger fills its columns, and validate it at complete
+    /// in a step described by `describe`.
+    pub fn not_valid_constraint(&mut self, table: &str, name: &str, def: &str, describe: String) {
+        let t = self.q(table);
+        self.constrain(
+            table,
+            format!(
+                "ALTER TABLE {t} ADD CONSTRAINT {} {def} NOT VALID",
+                ident(name)
+            ),
+        );
+        let step = Step::sql(
+            describe,
+            format!("ALTER TABLE {t} VALIDATE CONSTRAINT {}", ident(name)),
+        )
+        .on_table(&self.schema, table);
+        self.complete_at(Stage::Validate, step);
+    }
+
+    /// NOT NULL on new column `temp` (named `column` in the new version)
+    /// without a table scan under lock: a CHECK NOT VALID, validated, then
+    /// `SET NOT NULL` (which trusts the valid check) at cut-over. Existing
+    /// rows are checked before start.
+    pub fn not_null_via_check(&mut self, table: &str, column: &str, temp: &str, describe: String) {
+        let t = self.q(table);
+        let nn = crate::sql::bounded_name("_pgshift_nn_", column);
+        self.require(table, column, preflight::Rule::NotNull(temp.to_string()));
+        self.not_valid_constraint(
+            table,
+            &nn,
+            &format!("CHECK ({} IS NOT NULL)", ident(temp)),
+            describe,
+        );
+        self.cutover_post.push((
+            table.to_string(),
+            format!(
+                "ALTER TABLE {t} ALTER COLUMN {} SET NOT NULL",
+                ident(column)
+            ),
+        ));
+        self.cutover_post.push((
+            table.to_string(),
+            format!("ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {}", ident(&nn)),
+        ));
+    }
+
+    /// Unique constraint `constraint` over `columns` of `table`: a unique
+    /// index built concurrently at start (`index`), attached as the
+    /// constraint at cut-over.
+    pub fn unique_via_index(
+        &mut self,
+        table: &str,
+        constraint: &str,
+        index: &str,
+        columns: &[String],
+        describe: String,
+    ) {
+        let t = self.q(table);
+        let cols = columns
+            .iter()
+            .map(|c| ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.start.push(Step {
+            describe,
+            action: Action::CreateIndex {
+                sql: format!(
+                    "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {} ON {t} ({cols})",
+                    ident(index)
+                ),
+                schema: self.schema.clone(),
+                index: index.to_string(),
+            },
+            lock_table: Some((self.schema.clone(), table.to_string())),
+            weak_lock: false,
+        });
+        self.cutover_post.push((
+            table.to_string(),
+            format!(
+                "ALTER TABLE {t} ADD CONSTRAINT {} UNIQUE USING INDEX {}",
+                ident(constraint),
+                ident(index)
+            ),
+        ));
+    }
+
     pub fn complete_at(&mut self, stage: Stage, mut step: Step) {
         if stage == Stage::Validate {
             step.weak_lock = true;
@@ -474,20 +561,11 @@ fn copy_indexes(p: &mut Planner<'_>) {
             };
             let def = def.trim_end_matches(" NOT VALID").to_string();
             let copy = crate::sql::bounded_name("_pgshift_c_", &con.name);
-            p.constrain(
+            p.not_valid_constraint(
                 &tbl,
-                format!(
-                    "ALTER TABLE {t} ADD CONSTRAINT {} {def} NOT VALID",
-                    ident(&copy)
-                ),
-            );
-            p.complete_at(
-                Stage::Validate,
-                Step::sql(
-                    format!("validate {} (copy of {})", copy, con.name),
-                    format!("ALTER TABLE {t} VALIDATE CONSTRAINT {}", ident(&copy)),
-                )
-                .on_table(&p.schema, &tbl),
+                &copy,
+                &def,
+                format!("validate {} (copy of {})", copy, con.name),
             );
             p.cutover_post.push((
                 tbl.clone(),
