@@ -80,20 +80,13 @@ kill -INT "$wl" 2>/dev/null || true; wait "$wl" 2>/dev/null || true
 longest=$(cat "$dir/longest")
 bad=$(psql -X -tA "$db" -c "SELECT count(*) FROM orders o WHERE customer_id IS NULL OR NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = o.customer_id)")
 [ "$bad" = 0 ] || { echo "bench: $bad rows break the new constraints" >&2; exit 1; }
-python3 - "$dir" "$t0" "$t2" "$rows" "$longest" "$(echo "$t1 - $t0" | bc -l)" "$(echo "$t2 - $t1" | bc -l)" >"$dir/row.md" <<'PY'
-import glob, os, sys
+PGSHIFT_ROOT="$root" python3 - "$dir" "$t0" "$t2" "$rows" "$longest" "$(echo "$t1 - $t0" | bc -l)" "$(echo "$t2 - $t1" | bc -l)" >"$dir/row.md" <<'PY'
+import os, sys
 d, t0, t2, rows, longest, start_s, complete_s = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6]), float(sys.argv[7])
+sys.path.insert(0, os.path.join(os.environ["PGSHIFT_ROOT"], "tests/bench"))
+from pgbench_log import load as load_in, pct
 def load(prefix):
-    out = []
-    for f in glob.glob(os.path.join(d, prefix + ".*")):
-        for line in open(f):
-            p = line.split()
-            if len(p) >= 6 and p[2].isdigit():
-                out.append((int(p[4]) + int(p[5]) / 1e6, int(p[2]) / 1000.0))
-    return out
-def pct(v, q):
-    v = sorted(v)
-    return v[min(len(v) - 1, int(round(q * (len(v) - 1))))] if v else float("nan")
+    return load_in(d, prefix)
 base = [l for _, l in load("base")]
 during = [l for t, l in load("during") if t0 <= t <= t2]
 print(f"| {rows:,} | {start_s:.1f} | {complete_s:.2f} | {longest:.1f} | {pct(base, .99):.2f} | {pct(during, .99):.2f} | {pct(during, .99) / pct(base, .99):.2f}x | {len(during)} |")

@@ -80,22 +80,13 @@ t2=$(now)
 "$bin" complete --postgres-url "$db" 2>"$dir/complete.log"
 t3=$(now)
 wait "$wl"
-python3 - "$dir" "$t0" "$t1" "$t2" "$t3" "$rows" >"$dir/row.md" <<'PY'
-import glob, os, sys
+PGSHIFT_ROOT="$root" python3 - "$dir" "$t0" "$t1" "$t2" "$t3" "$rows" >"$dir/row.md" <<'PY'
+import os, sys
 d, t0, t1, t2, t3, rows = sys.argv[1], *map(float, sys.argv[2:6]), int(sys.argv[6])
+sys.path.insert(0, os.path.join(os.environ["PGSHIFT_ROOT"], "tests/bench"))
+from pgbench_log import load as load_in, pct
 def load(prefix):
-    out = []
-    for f in glob.glob(os.path.join(d, prefix + ".*")):
-        for line in open(f):
-            p = line.split()
-            # client_id transaction_no latency_us script_no epoch_s epoch_us [schedule_lag]
-            if len(p) >= 6 and p[2].isdigit():
-                end = int(p[4]) + int(p[5]) / 1e6
-                out.append((end, int(p[2]) / 1000.0))
-    return out
-def pct(v, q):
-    v = sorted(v)
-    return v[min(len(v) - 1, int(round(q * (len(v) - 1))))] if v else float("nan")
+    return load_in(d, prefix)
 base = [l for _, l in load("base")]
 during = load("during")
 bf = [l for t, l in during if t0 <= t <= t1]
