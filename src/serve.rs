@@ -158,7 +158,8 @@ pub async fn versions(client: &Client, schema: &str) -> Result<(Vec<Version>, Op
     Ok((versions, default))
 }
 
-pub(crate) async fn load_table(url: &str, schema: &str, rules: &[Rule]) -> Result<RoutingTable> {
+/// The connection `pgshift proxy` reads its routes over.
+async fn routes_client(url: &str) -> Result<Client> {
     let client = connect(url).await?;
     client
         .batch_execute(&format!(
@@ -167,7 +168,28 @@ pub(crate) async fn load_table(url: &str, schema: &str, rules: &[Rule]) -> Resul
         ))
         .await
         .map_err(|e| Error::db("", e))?;
-    table_from(&client, schema, rules).await
+    Ok(client)
+}
+
+/// Read the routes over `client`, opening it (again) when it is missing or
+/// closed; a failure drops it so the next call reconnects.
+async fn refresh_routes(
+    client: &mut Option<Client>,
+    url: &str,
+    schema: &str,
+    rules: &[Rule],
+) -> Result<RoutingTable> {
+    if client.as_ref().is_none_or(|c| c.is_closed()) {
+        *client = Some(routes_client(url).await?);
+    }
+    let Some(c) = client.as_ref() else {
+        return Err(Error::state("no connection for routes"));
+    };
+    let res = table_from(c, schema, rules).await;
+    if res.is_err() {
+        *client = None;
+    }
+    res
 }
 
 /// The routing table of `schema` read over `client`, with `rules`.
@@ -232,7 +254,8 @@ pub async fn run(url: &str, schema: &str, args: &ProxyArgs) -> Result<()> {
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
         crate::http::serve(addr, crate::http::Endpoints { metrics, ready }).await?;
     }
-    let table = match load_table(url, schema, &rules).await {
+    let mut routes_conn: Option<Client> = None;
+    let table = match refresh_routes(&mut routes_conn, url, schema, &rules).await {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!("cannot read routes yet ({e}); starting with no versions");
@@ -256,9 +279,10 @@ pub async fn run(url: &str, schema: &str, args: &ProxyArgs) -> Result<()> {
         let (proxy, url, schema) = (Arc::clone(&proxy), url.to_string(), schema.to_string());
         let every = Duration::from_millis(args.refresh_ms.max(50));
         tokio::spawn(async move {
+            let mut conn = routes_conn;
             loop {
                 tokio::time::sleep(every).await;
-                match load_table(&url, &schema, &rules).await {
+                match refresh_routes(&mut conn, &url, &schema, &rules).await {
                     Ok(t) => set_routes(&proxy, t),
                     Err(e) => tracing::debug!("refreshing routes: {e}"),
                 }
