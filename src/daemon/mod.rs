@@ -379,11 +379,11 @@ async fn phase_metric(client: &Client, schema: &str, proxy: &pgshift_proxy::Prox
                 .absolute(u64::try_from(n).unwrap_or(0));
         }
     }
-    let latest = state::latest(client, schema).await?;
+    let latest = state::latest_phase(client, schema).await?;
     let active = latest
         .as_ref()
-        .filter(|m| m.phase == state::Phase::Active)
-        .map(|m| m.name.clone());
+        .filter(|(_, phase)| *phase == state::Phase::Active)
+        .map(|(name, _)| name.clone());
     let old = match &active {
         Some(v) => proxy
             .registry
@@ -394,7 +394,7 @@ async fn phase_metric(client: &Client, schema: &str, proxy: &pgshift_proxy::Prox
         None => 0,
     };
     metrics::gauge!("pgshift_sessions_on_old_versions").set(old as f64);
-    if let Some(m) = latest {
+    if let Some((name, phase)) = latest {
         for p in [
             "starting",
             "backfilling",
@@ -403,8 +403,8 @@ async fn phase_metric(client: &Client, schema: &str, proxy: &pgshift_proxy::Prox
             "complete",
             "rolling_back",
         ] {
-            let on = if m.phase.as_str() == p { 1.0 } else { 0.0 };
-            metrics::gauge!("pgshift_migration_phase", "migration" => m.name.clone(), "phase" => p)
+            let on = if phase.as_str() == p { 1.0 } else { 0.0 };
+            metrics::gauge!("pgshift_migration_phase", "migration" => name.clone(), "phase" => p)
                 .set(on);
         }
     }

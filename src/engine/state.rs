@@ -406,6 +406,20 @@ pub async fn history(client: &Client, schema: &str) -> Result<Vec<MigrationRow>>
     rows.iter().map(row_to_migration).collect()
 }
 
+/// Name and phase of the newest migration, without reading its plan (the
+/// daemon asks every second).
+pub async fn latest_phase(client: &Client, schema: &str) -> Result<Option<(String, Phase)>> {
+    let row = client
+        .query_opt(
+            "SELECT name, phase FROM pgshift.migrations WHERE schema = $1 ORDER BY created_at DESC, name DESC LIMIT 1",
+            &[&schema],
+        )
+        .await
+        .map_err(|e| Error::db("reading pgshift.migrations", e))?;
+    row.map(|r| Ok((r.get(0), Phase::parse(&r.get::<_, String>(1))?)))
+        .transpose()
+}
+
 /// The newest migration (active or complete).
 pub async fn latest(client: &Client, schema: &str) -> Result<Option<MigrationRow>> {
     Ok(history(client, schema).await?.pop())
