@@ -19,6 +19,7 @@ pub mod error;
 pub mod http;
 pub mod migration;
 pub mod ops;
+pub mod pg;
 pub mod plan;
 pub mod progress;
 pub mod schema;

@@ -203,9 +203,7 @@ fn count_lock_attempt(schema: &str, outcome: &'static str) {
 pub async fn flush_lock_stats(client: &Client) {
     let counts = std::mem::take(&mut *LOCK_COUNTS.lock().unwrap_or_else(|p| p.into_inner()));
     for (schema, outcome, n) in counts {
-        let _ = client
-            .execute(
-                "INSERT INTO pgshift.lock_stats (schema, outcome, attempts) VALUES ($1, $2, $3)
+        let _ = crate::pg::execute(client, "INSERT INTO pgshift.lock_stats (schema, outcome, attempts) VALUES ($1, $2, $3)
                  ON CONFLICT (schema, outcome) DO UPDATE SET attempts = pgshift.lock_stats.attempts + EXCLUDED.attempts",
                 &[&schema, &outcome, &n],
             )
@@ -282,10 +280,19 @@ async fn attempt_step(
         Action::Sql {
             sql,
             transactional: true,
-            guard,
+            guard: None,
         } => {
-            in_transaction(client, &timeout, cursor, || async {
-                if guard_passes(client, guard.as_deref()).await? {
+            // The statements go with BEGIN: one round trip.
+            let begin = format!("BEGIN; {timeout};\n{sql}");
+            in_transaction(client, &begin, cursor, || async { Ok(()) }).await
+        }
+        Action::Sql {
+            sql,
+            transactional: true,
+            guard: Some(guard),
+        } => {
+            in_transaction(client, &format!("BEGIN; {timeout}"), cursor, || async {
+                if guard_passes(client, Some(guard)).await? {
                     client.batch_execute(sql).await?;
                 }
                 Ok::<(), Failure>(())
@@ -293,7 +300,7 @@ async fn attempt_step(
             .await
         }
         Action::Views(spec) => {
-            in_transaction(client, &timeout, cursor, || async {
+            in_transaction(client, &format!("BEGIN; {timeout}"), cursor, || async {
                 let stmts = spec.statements(client).await.map_err(Failure::Pgshift)?;
                 client.batch_execute(&stmts.join(";\n")).await?;
                 Ok(())
@@ -333,9 +340,12 @@ async fn attempt_step(
     }
 }
 
+/// Run `begin` (which starts the transaction and may carry the first
+/// statements), then `body`, advance the cursor and commit; roll back on any
+/// error.
 async fn in_transaction<F, Fut>(
     client: &Client,
-    timeout: &str,
+    begin: &str,
     cursor: Option<(&Cursor<'_>, usize)>,
     body: F,
 ) -> std::result::Result<(), Failure>
@@ -343,8 +353,8 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<(), Failure>>,
 {
-    client.batch_execute(&format!("BEGIN; {timeout}")).await?;
     let res = async {
+        client.batch_execute(begin).await?;
         body().await?;
         advance(client, cursor).await?;
         if let Some((c, i)) = cursor {
@@ -366,9 +376,12 @@ async fn advance(
 ) -> std::result::Result<(), tokio_postgres::Error> {
     if let Some((c, i)) = cursor {
         let i = i32::try_from(i).unwrap_or(i32::MAX);
-        client
-            .execute(state::ADVANCE_STEP_SQL, &[&c.schema, &c.migration, &i])
-            .await?;
+        crate::pg::execute(
+            client,
+            state::ADVANCE_STEP_SQL,
+            &[&c.schema, &c.migration, &i],
+        )
+        .await?;
     }
     Ok(())
 }
@@ -379,10 +392,11 @@ async fn guard_passes(
 ) -> std::result::Result<bool, tokio_postgres::Error> {
     match guard {
         None => Ok(true),
-        Some(g) => Ok(client
-            .query_one(&format!("SELECT ({g})::boolean"), &[])
-            .await?
-            .get(0)),
+        Some(g) => Ok(
+            crate::pg::query_one(client, &format!("SELECT ({g})::boolean"), &[])
+                .await?
+                .get(0),
+        ),
     }
 }
 
@@ -390,12 +404,12 @@ async fn index_valid(
     client: &Client,
     name: &str,
 ) -> std::result::Result<bool, tokio_postgres::Error> {
-    let row = client
-        .query_opt(
-            "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)",
-            &[&name],
-        )
-        .await?;
+    let row = crate::pg::query_opt(
+        client,
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)",
+        &[&name],
+    )
+    .await?;
     Ok(row.is_some_and(|r| r.get(0)))
 }
 
@@ -403,12 +417,12 @@ async fn drop_if_invalid(
     client: &Client,
     name: &str,
 ) -> std::result::Result<(), tokio_postgres::Error> {
-    let row = client
-        .query_opt(
-            "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)",
-            &[&name],
-        )
-        .await?;
+    let row = crate::pg::query_opt(
+        client,
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)",
+        &[&name],
+    )
+    .await?;
     if let Some(r) = row {
         let valid: bool = r.get(0);
         if !valid {
@@ -423,9 +437,7 @@ async fn drop_if_invalid(
 
 /// The sessions holding granted locks on a table, for error messages.
 pub async fn blockers(client: &Client, schema: &str, table: &str) -> String {
-    let rows = client
-        .query(
-            "SELECT DISTINCT a.pid, coalesce(a.usename::text, ''), coalesce(a.application_name, ''), coalesce(a.state, ''),
+    let rows = crate::pg::query(client, "SELECT DISTINCT a.pid, coalesce(a.usename::text, ''), coalesce(a.application_name, ''), coalesce(a.state, ''),
                     coalesce(extract(epoch FROM now() - a.xact_start)::bigint, 0), l.mode,
                     left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 120)
              FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid

@@ -78,4 +78,7 @@ CREATE TABLE IF NOT EXISTS pgshift.version (
     version     integer NOT NULL,
     initialized_at timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO pgshift.version (version) VALUES (1) ON CONFLICT (singleton) DO NOTHING;
+-- The version this file installs (state::SCHEMA_VERSION): commands skip this
+-- whole file when the stored version is already this one.
+INSERT INTO pgshift.version (version) VALUES (2)
+    ON CONFLICT (singleton) DO UPDATE SET version = greatest(pgshift.version.version, EXCLUDED.version);

@@ -192,22 +192,22 @@ impl Engine {
         state::init(&self.client).await
     }
 
-    async fn previous_version_schema(&self) -> Result<(Option<String>, Option<String>)> {
-        if !state::initialized(&self.client).await? {
-            return Ok((None, None));
+    /// The newest completed migration's name and version schema.
+    fn previous_version_schema(hist: &[MigrationRow]) -> (Option<String>, Option<String>) {
+        match hist.iter().rev().find(|m| m.phase == Phase::Complete) {
+            Some(m) => (Some(m.name.clone()), Some(m.version_schema.clone())),
+            None => (None, None),
         }
-        let hist = state::history(&self.client, self.schema()).await?;
-        Ok(
-            match hist.iter().rev().find(|m| m.phase == Phase::Complete) {
-                Some(m) => (Some(m.name.clone()), Some(m.version_schema.clone())),
-                None => (None, None),
-            },
-        )
     }
 
     /// The plan `start` would run now. Changes nothing.
     pub async fn plan(&self, m: &Migration) -> Result<Plan> {
-        let (_, prev) = self.previous_version_schema().await?;
+        let hist = if state::initialized(&self.client).await? {
+            state::history(&self.client, self.schema()).await?
+        } else {
+            vec![]
+        };
+        let (_, prev) = Engine::previous_version_schema(&hist);
         plan::plan(&self.client, m, self.schema(), prev).await
     }
 
@@ -215,7 +215,9 @@ impl Engine {
     pub async fn start(&self, m: &Migration) -> Result<Started> {
         self.init().await?;
         state::lock(&self.client, self.schema()).await?;
-        let row = match state::active(&self.client, self.schema()).await? {
+        let hist = state::history(&self.client, self.schema()).await?;
+        let active = hist.iter().find(|h| h.phase != Phase::Complete).cloned();
+        let row = match active {
             Some(a) if a.name == m.name => {
                 if a.checksum != m.checksum {
                     return Err(Error::state(format!(
@@ -251,11 +253,10 @@ impl Engine {
                 )))
             }
             None => {
-                let hist = state::history(&self.client, self.schema()).await?;
                 if hist.iter().any(|h| h.name == m.name) {
                     return Err(Error::state(format!("migration {:?} is already applied to schema {:?}", m.name, self.schema())));
                 }
-                let (parent, prev) = self.previous_version_schema().await?;
+                let (parent, prev) = Engine::previous_version_schema(&hist);
                 let plan = plan::plan(&self.client, m, self.schema(), prev).await?;
                 let plan_json = serde_json::to_value(&plan).map_err(|e| Error::state(format!("cannot store plan: {e}")))?;
                 let file_json = serde_json::to_value(&m.file).map_err(|e| Error::state(format!("cannot store migration: {e}")))?;
@@ -380,14 +381,15 @@ impl Engine {
     /// Sessions that daemons' proxies hold on versions other than `keep`,
     /// for this database.
     async fn old_sessions(&self, keep: &str) -> Result<Vec<state::SessionRow>> {
-        let db: String = self
-            .client
-            .query_one("SELECT current_database()::text", &[])
+        let daemons = state::live_daemons(&self.client, self.schema()).await?;
+        if daemons.is_empty() {
+            return Ok(vec![]);
+        }
+        let db: String = crate::pg::query_one(&self.client, "SELECT current_database()::text", &[])
             .await
-            .map_err(|e| Error::db("", e))?
+            .map_err(|e| Error::db("reading the database name", e))?
             .get(0);
-        Ok(state::live_daemons(&self.client, self.schema())
-            .await?
+        Ok(daemons
             .into_iter()
             .flat_map(|d| d.sessions)
             .filter(|s| s.version.as_deref() != Some(keep) && s.database == db)
@@ -511,25 +513,28 @@ impl Engine {
     /// proxies' sessions on other versions to leave (`drain_timeout`; then
     /// they are closed). Without a drain timeout such sessions make it refuse.
     pub async fn complete_with(&self, o: &CompleteOptions) -> Result<String> {
-        if state::initialized(&self.client).await? {
-            if let Some(a) = state::active(&self.client, self.schema()).await? {
-                if a.phase == Phase::Backfilling
-                    && state::copier_leader(&self.client, self.schema())
-                        .await?
-                        .is_some()
-                {
-                    if !o.wait {
-                        return Err(Error::state(format!(
-                            "the pgshift daemon is still backfilling {:?}; run `pgshift complete --wait` to wait for it",
-                            a.name
-                        )));
-                    }
-                    self.wait_backfilled(&a.name).await?;
-                }
-                self.drain_old_sessions(&a.name, o.drain_timeout).await?;
-            }
+        if !state::initialized(&self.client).await? {
+            return Err(Error::state(
+                "nothing to complete: pgshift is not initialised in this database",
+            ));
         }
-        let row = self.locked_active("complete").await?;
+        if let Some(a) = state::active(&self.client, self.schema()).await? {
+            if a.phase == Phase::Backfilling
+                && state::copier_leader(&self.client, self.schema())
+                    .await?
+                    .is_some()
+            {
+                if !o.wait {
+                    return Err(Error::state(format!(
+                        "the pgshift daemon is still backfilling {:?}; run `pgshift complete --wait` to wait for it",
+                        a.name
+                    )));
+                }
+                self.wait_backfilled(&a.name).await?;
+            }
+            self.drain_old_sessions(&a.name, o.drain_timeout).await?;
+        }
+        let row = self.locked_active_initialized("complete").await?;
         match row.phase {
             Phase::Starting => {
                 return Err(Error::state(format!(
@@ -651,6 +656,11 @@ impl Engine {
                 "nothing to {verb}: pgshift is not initialised in this database"
             )));
         }
+        self.locked_active_initialized(verb).await
+    }
+
+    /// [`Engine::locked_active`] once the control schema is known to exist.
+    async fn locked_active_initialized(&self, verb: &str) -> Result<MigrationRow> {
         state::lock(&self.client, self.schema()).await?;
         state::active(&self.client, self.schema())
             .await?

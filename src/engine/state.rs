@@ -82,8 +82,20 @@ pub struct BackfillRow {
     pub done: bool,
 }
 
+/// The control schema version `init.sql` installs; bump it with every change
+/// to that file so existing installations pick the change up.
+const SCHEMA_VERSION: i32 = 2;
+
 /// Create the control schema if needed (idempotent, serialised by a lock).
+/// Every command that writes runs this, so it first checks the stored
+/// version in one cheap query and skips the file when it is current.
 pub async fn init(client: &Client) -> Result<()> {
+    match crate::pg::query_opt(client, "SELECT version FROM pgshift.version", &[]).await {
+        Ok(Some(row)) if row.get::<_, i32>(0) >= SCHEMA_VERSION => return Ok(()),
+        // Older, missing (42P01) or unreadable: run the idempotent file,
+        // which reports any real problem.
+        _ => {}
+    }
     client
         .batch_execute(&format!(
             "BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, 0); {INIT_SQL} COMMIT;"
@@ -94,10 +106,13 @@ pub async fn init(client: &Client) -> Result<()> {
 
 /// Is the control schema there?
 pub async fn initialized(client: &Client) -> Result<bool> {
-    let row = client
-        .query_one("SELECT to_regclass('pgshift.migrations') IS NOT NULL", &[])
-        .await
-        .map_err(|e| Error::db("checking the control schema", e))?;
+    let row = crate::pg::query_one(
+        client,
+        "SELECT to_regclass('pgshift.migrations') IS NOT NULL",
+        &[],
+    )
+    .await
+    .map_err(|e| Error::db("checking the control schema", e))?;
     Ok(row.get(0))
 }
 
@@ -151,13 +166,13 @@ impl std::fmt::Display for SessionRow {
 
 /// Daemons serving `schema` that reported within 5 s.
 pub async fn live_daemons(client: &Client, schema: &str) -> Result<Vec<DaemonRow>> {
-    let rows = client
-        .query(
-            "SELECT id, listen, sessions, gate_ack, throttle FROM pgshift.daemons
+    let rows = crate::pg::query(
+        client,
+        "SELECT id, listen, sessions, gate_ack, throttle FROM pgshift.daemons
              WHERE schema = $1 AND updated_at > now() - interval '5 seconds' ORDER BY id",
-            &[&schema],
-        )
-        .await;
+        &[&schema],
+    )
+    .await;
     let rows = match rows {
         Ok(r) => r,
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
@@ -182,13 +197,13 @@ pub async fn live_daemons(client: &Client, schema: &str) -> Result<Vec<DaemonRow
 /// version to keep; sessions on any other are closed). Payload
 /// `req|<action>|<arg>|<schema>`.
 pub async fn request(client: &Client, schema: &str, action: &str, arg: &str) -> Result<()> {
-    client
-        .execute(
-            &format!("SELECT pg_notify('{CHANNEL}', 'req|' || $1 || '|' || $2 || '|' || $3)"),
-            &[&action, &arg, &schema],
-        )
-        .await
-        .map_err(|e| Error::db(format!("asking the daemons to {action}"), e))?;
+    crate::pg::execute(
+        client,
+        &format!("SELECT pg_notify('{CHANNEL}', 'req|' || $1 || '|' || $2 || '|' || $3)"),
+        &[&action, &arg, &schema],
+    )
+    .await
+    .map_err(|e| Error::db(format!("asking the daemons to {action}"), e))?;
     Ok(())
 }
 
@@ -249,14 +264,14 @@ pub fn check_setting(key: &str, value: &str) -> Result<()> {
 /// Store a setting and tell the daemons.
 pub async fn set_setting(client: &Client, schema: &str, key: &str, value: &str) -> Result<()> {
     check_setting(key, value)?;
-    client
-        .execute(
-            "INSERT INTO pgshift.settings (schema, key, value) VALUES ($1, $2, $3)
+    crate::pg::execute(
+        client,
+        "INSERT INTO pgshift.settings (schema, key, value) VALUES ($1, $2, $3)
              ON CONFLICT (schema, key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
-            &[&schema, &key, &value],
-        )
-        .await
-        .map_err(|e| Error::db(format!("storing setting {key}"), e))?;
+        &[&schema, &key, &value],
+    )
+    .await
+    .map_err(|e| Error::db(format!("storing setting {key}"), e))?;
     request(client, schema, "settings", key).await
 }
 
@@ -265,12 +280,12 @@ pub async fn settings(
     client: &Client,
     schema: &str,
 ) -> Result<std::collections::BTreeMap<String, String>> {
-    let rows = client
-        .query(
-            "SELECT key, value FROM pgshift.settings WHERE schema = $1",
-            &[&schema],
-        )
-        .await;
+    let rows = crate::pg::query(
+        client,
+        "SELECT key, value FROM pgshift.settings WHERE schema = $1",
+        &[&schema],
+    )
+    .await;
     match rows {
         Ok(rows) => Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect()),
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
@@ -283,28 +298,28 @@ pub async fn settings(
 /// Become the copier leader of `schema` (session advisory lock, held until
 /// the connection closes). Returns false when another process leads.
 pub async fn try_lead_copier(client: &Client, schema: &str) -> Result<bool> {
-    Ok(client
-        .query_one(
-            "SELECT pg_try_advisory_lock($1, hashtext('copier:' || $2))",
-            &[&LOCK_CLASS, &schema],
-        )
-        .await
-        .map_err(|e| Error::db("taking the copier leader lock", e))?
-        .get(0))
+    Ok(crate::pg::query_one(
+        client,
+        "SELECT pg_try_advisory_lock($1, hashtext('copier:' || $2))",
+        &[&LOCK_CLASS, &schema],
+    )
+    .await
+    .map_err(|e| Error::db("taking the copier leader lock", e))?
+    .get(0))
 }
 
 /// The backend pid of the copier leader of `schema`, if a daemon leads.
 pub async fn copier_leader(client: &Client, schema: &str) -> Result<Option<i32>> {
-    let row = client
-        .query_opt(
-            "SELECT l.pid FROM pg_locks l
+    let row = crate::pg::query_opt(
+        client,
+        "SELECT l.pid FROM pg_locks l
              WHERE l.locktype = 'advisory' AND l.classid = $1::int::oid AND l.granted
                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
                AND l.objid = hashtext('copier:' || $2)::oid AND l.objsubid = 2 LIMIT 1",
-            &[&LOCK_CLASS, &schema],
-        )
-        .await
-        .map_err(|e| Error::db("looking for a copier leader", e))?;
+        &[&LOCK_CLASS, &schema],
+    )
+    .await
+    .map_err(|e| Error::db("looking for a copier leader", e))?;
     Ok(row.map(|r| r.get(0)))
 }
 
@@ -315,14 +330,14 @@ pub async fn lock(client: &Client, schema: &str) -> Result<()> {
     let deadline = std::time::Instant::now() + LOCK_GRACE;
     let mut pause = std::time::Duration::from_millis(10);
     loop {
-        let got: bool = client
-            .query_one(
-                "SELECT pg_try_advisory_lock($1, hashtext($2))",
-                &[&LOCK_CLASS, &schema],
-            )
-            .await
-            .map_err(|e| Error::db("taking pgshift's advisory lock", e))?
-            .get(0);
+        let got: bool = crate::pg::query_one(
+            client,
+            "SELECT pg_try_advisory_lock($1, hashtext($2))",
+            &[&LOCK_CLASS, &schema],
+        )
+        .await
+        .map_err(|e| Error::db("taking pgshift's advisory lock", e))?
+        .get(0);
         if got {
             return Ok(());
         }
@@ -332,27 +347,27 @@ pub async fn lock(client: &Client, schema: &str) -> Result<()> {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(std::time::Duration::from_millis(500));
     }
-    let holder = client
-        .query_opt(
-            "SELECT l.pid, coalesce(a.application_name, ''), coalesce(a.client_addr::text, 'local'),
+    let holder = crate::pg::query_opt(
+        client,
+        "SELECT l.pid, coalesce(a.application_name, ''), coalesce(a.client_addr::text, 'local'),
                     coalesce(to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS'), '')
              FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
              WHERE l.locktype = 'advisory' AND l.classid = $1::int::oid
                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
                AND l.objid = hashtext($2)::oid AND l.objsubid = 2 AND l.granted LIMIT 1",
-            &[&LOCK_CLASS, &schema],
-        )
-        .await
-        .ok()
-        .flatten()
-        .map(|r| {
-            let pid: i32 = r.get(0);
-            let app: String = r.get(1);
-            let addr: String = r.get(2);
-            let since: String = r.get(3);
-            format!(" (backend pid {pid}, application {app:?}, from {addr}, connected {since})")
-        })
-        .unwrap_or_default();
+        &[&LOCK_CLASS, &schema],
+    )
+    .await
+    .ok()
+    .flatten()
+    .map(|r| {
+        let pid: i32 = r.get(0);
+        let app: String = r.get(1);
+        let addr: String = r.get(2);
+        let since: String = r.get(3);
+        format!(" (backend pid {pid}, application {app:?}, from {addr}, connected {since})")
+    })
+    .unwrap_or_default();
     Err(Error::state(format!(
         "another pgshift process is working on schema {schema:?}{holder}; wait for it to finish, or stop it"
     )))
@@ -384,34 +399,36 @@ const COLUMNS: &str =
 
 /// The migration in progress on `schema`, if any.
 pub async fn active(client: &Client, schema: &str) -> Result<Option<MigrationRow>> {
-    let row = client
-        .query_opt(
-            &format!("SELECT {COLUMNS} FROM pgshift.migrations WHERE schema = $1 AND phase <> 'complete'"),
-            &[&schema],
-        )
-        .await
-        .map_err(|e| Error::db("reading pgshift.migrations", e))?;
+    let row = crate::pg::query_opt(
+        client,
+        &format!(
+            "SELECT {COLUMNS} FROM pgshift.migrations WHERE schema = $1 AND phase <> 'complete'"
+        ),
+        &[&schema],
+    )
+    .await
+    .map_err(|e| Error::db("reading pgshift.migrations", e))?;
     row.as_ref().map(row_to_migration).transpose()
 }
 
 /// Every migration of `schema`, oldest first.
 pub async fn history(client: &Client, schema: &str) -> Result<Vec<MigrationRow>> {
-    let rows = client
-        .query(
-            &format!("SELECT {COLUMNS} FROM pgshift.migrations WHERE schema = $1 ORDER BY created_at, name"),
-            &[&schema],
-        )
-        .await
-        .map_err(|e| Error::db("reading pgshift.migrations", e))?;
+    let rows = crate::pg::query(
+        client,
+        &format!(
+            "SELECT {COLUMNS} FROM pgshift.migrations WHERE schema = $1 ORDER BY created_at, name"
+        ),
+        &[&schema],
+    )
+    .await
+    .map_err(|e| Error::db("reading pgshift.migrations", e))?;
     rows.iter().map(row_to_migration).collect()
 }
 
 /// Name and phase of the newest migration, without reading its plan (the
 /// daemon asks every second).
 pub async fn latest_phase(client: &Client, schema: &str) -> Result<Option<(String, Phase)>> {
-    let row = client
-        .query_opt(
-            "SELECT name, phase FROM pgshift.migrations WHERE schema = $1 ORDER BY created_at DESC, name DESC LIMIT 1",
+    let row = crate::pg::query_opt(client, "SELECT name, phase FROM pgshift.migrations WHERE schema = $1 ORDER BY created_at DESC, name DESC LIMIT 1",
             &[&schema],
         )
         .await
@@ -437,9 +454,7 @@ pub struct NewMigration<'a> {
 }
 
 pub async fn insert(client: &Client, m: NewMigration<'_>) -> Result<()> {
-    client
-        .execute(
-            "INSERT INTO pgshift.migrations (schema, name, parent, version_schema, contents, checksum, migration, plan, phase)
+    crate::pg::execute(client, "INSERT INTO pgshift.migrations (schema, name, parent, version_schema, contents, checksum, migration, plan, phase)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'starting')",
             &[&m.schema, &m.name, &m.parent, &m.version_schema, &m.contents, &m.checksum, &m.migration, &m.plan],
         )
@@ -462,9 +477,7 @@ pub async fn set_phase(
         Phase::Complete => ", completed_at = now()",
         _ => "",
     };
-    client
-        .execute(
-            &format!(
+    crate::pg::execute(client, &format!(
                 "WITH u AS (UPDATE pgshift.migrations SET phase = $3, step = $4, updated_at = now(){extra} WHERE schema = $1 AND name = $2 RETURNING 1)
                  SELECT pg_notify('{CHANNEL}', $1 || ':' || $3 || ':' || $2) FROM u"
             ),
@@ -480,33 +493,33 @@ pub const ADVANCE_STEP_SQL: &str =
     "UPDATE pgshift.migrations SET step = $3, updated_at = now() WHERE schema = $1 AND name = $2";
 
 pub async fn delete(client: &Client, schema: &str, name: &str) -> Result<()> {
-    client
-        .execute(
-            &format!(
-                "WITH d AS (DELETE FROM pgshift.migrations WHERE schema = $1 AND name = $2 RETURNING 1)
+    crate::pg::execute(
+        client,
+        &format!(
+            "WITH d AS (DELETE FROM pgshift.migrations WHERE schema = $1 AND name = $2 RETURNING 1)
                  SELECT pg_notify('{CHANNEL}', $1 || ':rolled_back:' || $2) FROM d"
-            ),
-            &[&schema, &name],
+        ),
+        &[&schema, &name],
+    )
+    .await
+    .map_err(|e| {
+        Error::db(
+            format!("removing migration {name:?} from pgshift.migrations"),
+            e,
         )
-        .await
-        .map_err(|e| {
-            Error::db(
-                format!("removing migration {name:?} from pgshift.migrations"),
-                e,
-            )
-        })?;
+    })?;
     Ok(())
 }
 
 pub async fn backfills(client: &Client, schema: &str, name: &str) -> Result<Vec<BackfillRow>> {
-    let rows = client
-        .query(
-            "SELECT table_name, rows_done, rows_total, batches, done FROM pgshift.backfills
+    let rows = crate::pg::query(
+        client,
+        "SELECT table_name, rows_done, rows_total, batches, done FROM pgshift.backfills
              WHERE schema = $1 AND migration = $2 ORDER BY table_name",
-            &[&schema, &name],
-        )
-        .await
-        .map_err(|e| Error::db("reading pgshift.backfills", e))?;
+        &[&schema, &name],
+    )
+    .await
+    .map_err(|e| Error::db("reading pgshift.backfills", e))?;
     Ok(rows
         .iter()
         .map(|r| BackfillRow {
@@ -517,4 +530,16 @@ pub async fn backfills(client: &Client, schema: &str, name: &str) -> Result<Vec<
             done: r.get(4),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn init_sql_installs_the_version_the_code_expects() {
+        let want = format!("VALUES ({})", super::SCHEMA_VERSION);
+        assert!(
+            super::INIT_SQL.contains(&want),
+            "init.sql must insert {want} into pgshift.version"
+        );
+    }
 }

@@ -60,10 +60,7 @@ pub async fn plan(op: &SetReplicaIdentity, p: &mut Planner<'_>) -> Result<()> {
         }
     };
     // What rollback restores.
-    let row = p
-        .client
-        .query_one(
-            "SELECT c.relreplident::text, (SELECT i.relname::text FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+    let row = crate::pg::query_one(p.client, "SELECT c.relreplident::text, (SELECT i.relname::text FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
                                           WHERE x.indrelid = c.oid AND x.indisreplident)
              FROM pg_class c WHERE c.oid = to_regclass($1)",
             &[&t],

@@ -122,12 +122,14 @@ pub async fn run(p: &Planner<'_>) -> Result<()> {
                 "rows would share a value (duplicates)".to_string(),
             ),
         };
-        let row = p.client.query_one(&sql, &[]).await.map_err(|e| {
-            Error::db(
-                format!("checking existing rows against constraint {:?}", pf.name),
-                e,
-            )
-        })?;
+        let row = crate::pg::query_one(p.client, &sql, &[])
+            .await
+            .map_err(|e| {
+                Error::db(
+                    format!("checking existing rows against constraint {:?}", pf.name),
+                    e,
+                )
+            })?;
         let n: i64 = row.get(0);
         if n > 0 {
             let samples: Option<Vec<String>> = row.get(1);

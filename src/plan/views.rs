@@ -100,9 +100,7 @@ impl ViewSpec {
     pub async fn statements(&self, client: &Client) -> Result<Vec<String>> {
         let mut tables = self.tables.clone();
         // Tables may have been dropped or made by raw SQL since planning.
-        let rows = client
-            .query(
-                "SELECT c.relname::text,
+        let rows = crate::pg::query(client, "SELECT c.relname::text,
                         ARRAY(SELECT attname::text FROM pg_attribute
                               WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped ORDER BY attnum)
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -134,9 +132,7 @@ impl ViewSpec {
             }
         }
         let mut out = self.head();
-        let usage = client
-            .query(
-                "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END
+        let usage = crate::pg::query(client, "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END
                  FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
                  WHERE n.nspname = $1 AND a.privilege_type = 'USAGE'",
                 &[&self.schema],
@@ -152,9 +148,7 @@ impl ViewSpec {
         }
         for t in &tables {
             out.push(self.view_sql(t));
-            let grants = client
-                .query(
-                    "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+            let grants = crate::pg::query(client, "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
                             a.privilege_type
                      FROM pg_class c, aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
                      WHERE c.oid = to_regclass($1)

@@ -48,7 +48,7 @@ for n in "${sizes[@]}"; do
   # Machines are noisy: up to 1M rows, floor and pgshift alternate three
   # times and the medians are compared.
   reps=3; [ "$n" -le 1000000 ] || reps=1
-  floors=(); bfs=(); starts=(); completes=(); totals=()
+  floors=(); bfs=(); starts=(); completes=(); totals=(); ones=()
   for _ in $(seq "$reps"); do
     # Floor: one UPDATE computing the same expression into a new column.
     make_table "$durl" floor "$n"
@@ -65,11 +65,18 @@ for n in "${sizes[@]}"; do
     [ "$bad" = 0 ] || { echo "bench: $bad rows wrong after complete" >&2; exit 1; }
     starts+=("$start_s"); completes+=("$complete_s"); totals+=("$(echo "$start_s + $complete_s" | bc -l)")
     q "$durl" "DROP SCHEMA public_01_set_name_not_null CASCADE; DROP TABLE users; DROP SCHEMA pgshift CASCADE"
+    # The same migration as one command (like `pgroll start --complete`).
+    make_table "$durl" users "$n"; q "$durl" "CHECKPOINT"
+    PGSHIFT_POSTGRES_URL=$durl "$bin" init >/dev/null 2>&1
+    ones+=("$(PGSHIFT_POSTGRES_URL=$durl timed "$bin" start "$mig" --complete --progress none 2>"$dir/one.log")")
+    bad=$(val "$durl" "SELECT count(*) FROM users WHERE name IS DISTINCT FROM 'placeholder'")
+    [ "$bad" = 0 ] || { echo "bench: $bad rows wrong after start --complete" >&2; exit 1; }
+    q "$durl" "DROP SCHEMA public_01_set_name_not_null CASCADE; DROP TABLE users; DROP SCHEMA pgshift CASCADE"
   done
-  row=$(python3 - "$n" "$reps" "$(median "${floors[@]}")" "$(median "${bfs[@]}")" "$(median "${totals[@]}")" "$(median "${starts[@]}")" "$(median "${completes[@]}")" <<'PY'
+  row=$(python3 - "$n" "$reps" "$(median "${floors[@]}")" "$(median "${bfs[@]}")" "$(median "${totals[@]}")" "$(median "${starts[@]}")" "$(median "${completes[@]}")" "$(median "${ones[@]}")" <<'PY'
 import sys
-n, reps, floor, bf, total, start, complete = int(sys.argv[1]), int(sys.argv[2]), *map(float, sys.argv[3:])
-print(f"| {n:,} | {reps} | {n/floor:,.0f} | {n/bf:,.0f} | {100*floor/bf:.0f}% | {start:.2f} | {complete:.2f} | {n/total:,.0f} |")
+n, reps, floor, bf, total, start, complete, one = int(sys.argv[1]), int(sys.argv[2]), *map(float, sys.argv[3:])
+print(f"| {n:,} | {reps} | {n/floor:,.0f} | {n/bf:,.0f} | {100*floor/bf:.0f}% | {start:.3f} | {complete:.3f} | {n/total:,.0f} | {one:.3f} | {n/one:,.0f} |")
 PY
 )
   echo "$row"; rows_md+="$row"$'\n'
@@ -105,15 +112,20 @@ with N rows of NULL names; the migration is \`alter_column\` on \`name\` with \`
 \`up: SELECT CASE WHEN name IS NULL THEN 'placeholder' ELSE name END\`, \`down: name\` and a comment.
 The floor is one \`UPDATE\` computing the same expression into a new column of an identical table,
 in the same run, timed by psql's \`\\timing\`. "Backfill rows/s" counts only the copier's phase (from \`pgshift.backfills\`);
-"end to end rows/s" is N over the whole \`start\` + \`complete\` (two processes, each connecting;
-the one-time \`pgshift init\` runs before the clock starts). Up to 1M rows the floor and
-pgshift alternate three times on fresh tables and every figure is the median of the three ("runs").
+"end to end" is N over the whole migration, timed from outside the process: once as two commands,
+\`pgshift start\` then \`pgshift complete\` (two processes, each starting and connecting), and once as
+the single command \`pgshift start --complete\` (one process and connection, like \`pgroll start --complete\`).
+pgroll's own benchmark times \`Start\` + \`Complete\` inside one Go process on a connection opened
+before the clock starts, so both of these figures include costs pgroll's leaves out (process start,
+connecting: about 4 ms each). The one-time \`pgshift init\` runs before the clock starts. Up to 1M rows
+the floor and the two pgshift forms alternate three times on fresh tables and every figure is the
+median of the three ("runs").
 pgshift drops the leading \`SELECT\` of \`up\` when Postgres confirms the bare expression means the
 same (same type, no aggregate), and the floor runs that same bare expression, so neither side pays
 for a per-row sub-query.
 
-| N rows | runs | floor: one UPDATE, rows/s | pgshift backfill rows/s | backfill vs floor | start s | complete s | end to end rows/s |
-|---:|---:|---:|---:|---:|---:|---:|---:|
+| N rows | runs | floor: one UPDATE, rows/s | pgshift backfill rows/s | backfill vs floor | start s | complete s | end to end rows/s, two commands | start --complete s | end to end rows/s, one command |
+|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 ${rows_md}
 pgroll publishes 53k, 21k and 9k rows/s for 10k, 100k and 300k rows (its own machine).
 
