@@ -29,6 +29,10 @@ pub struct Control {
     /// Rows per second; 0: unlimited.
     rate_limit: std::sync::atomic::AtomicU64,
     throttle: std::sync::Mutex<Option<String>>,
+    /// Graded throttle: after each batch the copier sleeps this many times
+    /// the batch's duration (f64 bits; 0: none), with the reason shown.
+    slowdown: std::sync::atomic::AtomicU64,
+    slowdown_reason: std::sync::Mutex<Option<String>>,
     changed: tokio::sync::Notify,
 }
 
@@ -62,6 +66,37 @@ impl Control {
         }
     }
 
+    /// Slow the copier down: after each batch it sleeps `ratio` times the
+    /// batch's duration (so it works 1 / (1 + ratio) of the time); 0 lifts it.
+    pub fn set_slowdown(&self, ratio: f64, reason: Option<String>) {
+        let ratio = if ratio.is_finite() && ratio > 0.0 {
+            ratio
+        } else {
+            0.0
+        };
+        self.slowdown
+            .store(ratio.to_bits(), std::sync::atomic::Ordering::Release);
+        *self
+            .slowdown_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = if ratio > 0.0 { reason } else { None };
+        metrics::gauge!("pgshift_backfill_slowdown_ratio").set(ratio);
+    }
+
+    pub fn slowdown(&self) -> f64 {
+        f64::from_bits(self.slowdown.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// What holds the copier back now, stopped or slowed, for operators.
+    pub fn state(&self) -> Option<String> {
+        self.holding().or_else(|| {
+            self.slowdown_reason
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        })
+    }
+
     /// Why the copier waits now, if it does.
     pub fn holding(&self) -> Option<String> {
         if self.paused() {
@@ -81,7 +116,7 @@ impl Control {
             tokio::pin!(changed);
             changed.as_mut().enable();
             let holding = self.holding();
-            let kind = holding.as_deref().map(|r| {
+            let kind = self.state().map(|r| {
                 if self.paused() {
                     "paused"
                 } else if r.contains("replica") {
@@ -103,6 +138,29 @@ impl Control {
             // Re-check at least every second (a throttle can lapse silently).
             let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
         }
+    }
+}
+
+/// The most a graded throttle slows the copier before stopping it outright.
+pub const MAX_SLOWDOWN: f64 = 32.0;
+
+/// The next graded-throttle ratio from the latest p99 against its bound:
+/// above the bound it grows by half (at least to 0.5); well below (under 80%)
+/// it shrinks by a quarter and lifts under 0.1; in between it holds. Called a
+/// few times a second, so the copier settles where the application's p99
+/// sits just under the bound instead of stopping and starting.
+pub fn next_slowdown(current: f64, p99: Duration, bound: Duration) -> f64 {
+    if p99 > bound {
+        (current * 1.5).clamp(0.5, MAX_SLOWDOWN)
+    } else if p99.as_secs_f64() < 0.8 * bound.as_secs_f64() {
+        let next = current * 0.75;
+        if next < 0.1 {
+            0.0
+        } else {
+            next
+        }
+    } else {
+        current
     }
 }
 
@@ -167,6 +225,14 @@ fn sets(spec: &BackfillSpec) -> String {
 
 /// The UPDATE of one batch (shown by `pgshift plan`).
 pub fn render_batch(spec: &BackfillSpec) -> String {
+    if is_ctid(spec) {
+        return format!(
+            "UPDATE {} SET {} WHERE ctid in pages (<last page>, <batch last page>] AND {}",
+            qualified(&spec.schema, &spec.table),
+            sets(spec),
+            ident(NEEDS_BACKFILL)
+        );
+    }
     format!(
         "UPDATE {} SET {} WHERE ({k}) > (<last key>) AND ({k}) <= (<batch upper key>) AND {}",
         qualified(&spec.schema, &spec.table),
@@ -186,7 +252,51 @@ struct Queries {
     progress: String,
 }
 
+/// Key type of the physical-position walk: tables without a primary key or
+/// unique NOT NULL columns are walked by page ranges of `ctid`.
+pub const CTID_KEY_TYPE: &str = "tid";
+
+fn is_ctid(spec: &BackfillSpec) -> bool {
+    spec.key_types.len() == 1 && spec.key_types[0] == CTID_KEY_TYPE
+}
+
+/// Page-range walk: the "key" is a page number; a batch covers pages
+/// `(last, hi]`. Rows move only when written (and the trigger clears their
+/// mark) or when the table is rewritten (VACUUM FULL, CLUSTER); the copier
+/// checks for marked rows after the walk and walks again if any are left.
+fn ctid_queries(spec: &BackfillSpec) -> Queries {
+    let t = qualified(&spec.schema, &spec.table);
+    let range = |lower: Option<usize>, hi: usize| {
+        let lower = lower
+            .map(|l| format!("ctid >= format('(%s,0)', ${l}::text::bigint + 1)::tid AND "))
+            .unwrap_or_default();
+        format!(
+            "UPDATE {t} SET {} WHERE {lower}ctid < format('(%s,0)', ${hi}::text::bigint + 1)::tid AND {}",
+            sets(spec),
+            ident(NEEDS_BACKFILL)
+        )
+    };
+    Queries {
+        upper: format!(
+            "SELECT CASE WHEN n > 0 THEN ARRAY[(n - 1)::text] END FROM (SELECT pg_relation_size({}::regclass) / current_setting('block_size')::bigint AS n) s",
+            literal(&t)
+        ),
+        lowest: "SELECT '0'::text".into(),
+        first_boundary: String::new(),
+        next_boundary: String::new(),
+        first_update: range(None, 1),
+        next_update: range(Some(1), 2),
+        progress: PROGRESS_SQL.into(),
+    }
+}
+
+const PROGRESS_SQL: &str = "UPDATE pgshift.backfills SET last_key = $4, rows_done = rows_done + $5, batches = batches + 1, updated_at = now()
+                   WHERE schema = $1 AND migration = $2 AND table_name = $3";
+
 fn queries(spec: &BackfillSpec) -> Queries {
+    if is_ctid(spec) {
+        return ctid_queries(spec);
+    }
     let t = qualified(&spec.schema, &spec.table);
     let k = key_cols(spec);
     let n = spec.key.len();
@@ -231,13 +341,11 @@ fn queries(spec: &BackfillSpec) -> Queries {
         next_boundary: boundary(Some(key_params(spec, n + 2))),
         first_update: update(None, 1),
         next_update: update(Some(key_params(spec, 1)), n + 1),
-        progress: "UPDATE pgshift.backfills SET last_key = $4, rows_done = rows_done + $5, batches = batches + 1, updated_at = now()
-                   WHERE schema = $1 AND migration = $2 AND table_name = $3"
-            .to_string(),
+        progress: PROGRESS_SQL.into(),
     }
 }
 
-type Params<'a> = Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)>;
+type Params<'a> = Vec<&'a dyn crate::pg::Param>;
 
 /// Run (or resume) the backfill of one table. Returns rows updated now.
 pub async fn run(
@@ -260,14 +368,17 @@ pub async fn run(
 
     // First run: record the upper bound (rows above it were inserted with the
     // trigger in place) and the number of rows to visit.
-    let existing = client
-        .query_opt(
-            "SELECT upper_key, last_key, rows_done, rows_total, done FROM pgshift.backfills
+    // The lowest key of a single integer key, when read with the first run's
+    // other reads (None: not read yet).
+    let mut lowest: Option<Option<i64>> = None;
+    let existing = crate::pg::query_opt(
+        client,
+        "SELECT upper_key, last_key, rows_done, rows_total, done FROM pgshift.backfills
              WHERE schema = $1 AND migration = $2 AND table_name = $3",
-            &[&spec.schema, &migration, &spec.table],
-        )
-        .await
-        .map_err(|e| Error::db(ctx("reading progress"), e))?;
+        &[&spec.schema, &migration, &spec.table],
+    )
+    .await
+    .map_err(|e| Error::db(ctx("reading progress"), e))?;
     let (upper, mut last, done_rows, total, done) = match existing {
         Some(r) => {
             let upper: Option<Vec<String>> = r.get(0);
@@ -281,22 +392,38 @@ pub async fn run(
             )
         }
         None => {
-            let upper: Option<Vec<String>> = client
-                .query_opt(&q.upper, &[])
-                .await
-                .map_err(|e| Error::db(ctx("finding the upper key"), e))?
-                .map(|r| r.get(0));
-            let total: i64 = client
-                .query_one(
-                    &format!("SELECT count(*) FROM {t} WHERE {}", ident(NEEDS_BACKFILL)),
-                    &[],
-                )
-                .await
-                .map_err(|e| Error::db(ctx("counting rows"), e))?
-                .get(0);
-            client
-                .execute(
-                    "INSERT INTO pgshift.backfills (schema, migration, table_name, key_columns, upper_key, rows_total, done)
+            // Three independent reads, sent together.
+            let int_key =
+                matches!(&spec.key_types[..], [t] if is_int_type(t) || t == CTID_KEY_TYPE);
+            let (upper, total, low) = tokio::try_join!(
+                async {
+                    crate::pg::query_opt(client, &q.upper, &[])
+                        .await
+                        .map_err(|e| Error::db(ctx("finding the upper key"), e))
+                        .map(|r| r.and_then(|r| r.get::<_, Option<Vec<String>>>(0)))
+                },
+                async {
+                    crate::pg::query_one(
+                        client,
+                        &format!("SELECT count(*) FROM {t} WHERE {}", ident(NEEDS_BACKFILL)),
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| Error::db(ctx("counting rows"), e))
+                    .map(|r| r.get::<_, i64>(0))
+                },
+                async {
+                    if !int_key {
+                        return Ok(None);
+                    }
+                    lowest_int(client, &q)
+                        .await
+                        .map_err(|e| Error::db(ctx("finding the lowest key"), e))
+                        .map(Some)
+                },
+            )?;
+            lowest = low;
+            crate::pg::execute(client, "INSERT INTO pgshift.backfills (schema, migration, table_name, key_columns, upper_key, rows_total, done)
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",
                     &[&spec.schema, &migration, &spec.table, &spec.key, &upper, &total, &upper.is_none()],
                 )
@@ -314,26 +441,38 @@ pub async fn run(
         progress.finish();
         return Ok(0);
     };
+    let ctid = is_ctid(spec);
     let mut size = opts.batch_size.unwrap_or(10_000).max(1);
     let mut updated_now: u64 = 0;
     let mut batch_no: usize = 0;
+    // Walks of a ctid table (a rewrite during the walk calls for another).
+    let mut walks = 1;
     // A single integer key whose values are dense (the last batch updated at
     // least half the keys of its range, as with a serial id) is walked by
     // arithmetic, without the boundary query; sparse keys use the query.
-    let int_upper: Option<i64> = match (&spec.key_types[..], &upper[..]) {
-        ([t], [u]) if matches!(t.as_str(), "smallint" | "integer" | "bigint") => u.parse().ok(),
+    let mut int_upper: Option<i64> = match (&spec.key_types[..], &upper[..]) {
+        ([t], [u]) if is_int_type(t) || t == CTID_KEY_TYPE => u.parse().ok(),
         _ => None,
     };
     let mut dense = false;
-    if let (Some(up), None) = (int_upper, &last) {
+    if let (true, Some(up)) = (ctid, int_upper) {
+        // Sizes count pages: start near 10k rows' worth.
+        if opts.batch_size.is_none() {
+            size = u64::try_from((10_000 * (up + 1)) / total.max(1))
+                .unwrap_or(1)
+                .max(1);
+        }
+        dense = true;
+        last = last.or_else(|| Some(vec!["-1".into()]));
+    } else if let (Some(up), None) = (int_upper, &last) {
         // Before the first batch: a dense key starts by arithmetic at once,
         // just below its smallest value.
-        let min: Option<i64> = client
-            .query_one(&q.lowest, &[])
-            .await
-            .map_err(|e| Error::db(ctx("finding the lowest key"), e))?
-            .get::<_, Option<String>>(0)
-            .and_then(|m| m.parse().ok());
+        let min = match lowest {
+            Some(m) => m,
+            None => lowest_int(client, &q)
+                .await
+                .map_err(|e| Error::db(ctx("finding the lowest key"), e))?,
+        };
         if let Some(min) = min.filter(|m| *m > i64::MIN && *m <= up) {
             let span = up.saturating_sub(min).saturating_add(1);
             if total.saturating_mul(2) >= span {
@@ -373,20 +512,29 @@ pub async fn run(
                 let sql = match &last {
                     None => &q.first_boundary,
                     Some(l) => {
-                        params.extend(
-                            l.iter()
-                                .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)),
-                        );
+                        params.extend(l.iter().map(|v| v as &dyn crate::pg::Param));
                         &q.next_boundary
                     }
                 };
-                client
-                    .query_opt(sql, &params)
+                crate::pg::query_opt(client, sql, &params)
                     .await
                     .map_err(|e| Error::db(ctx("finding the next key range"), e))?
                     .map(|r| r.get(0))
             };
-        let Some(hi) = hi else { break };
+        let Some(hi) = hi else {
+            if ctid {
+                if let Some(up) = ctid_leftovers(client, &q, &t, walks)
+                    .await
+                    .map_err(|e| e.context(format!("backfill of {}", spec.table)))?
+                {
+                    walks += 1;
+                    int_upper = Some(up);
+                    last = Some(vec!["-1".into()]);
+                    continue;
+                }
+            }
+            break;
+        };
         // Update the range and record the mark in one transaction.
         let mut attempt = 0;
         let n = loop {
@@ -404,7 +552,8 @@ pub async fn run(
         updated_now += n;
         if let (Some(lo), Some([h])) = (int_last, Some(&hi[..])) {
             let span = h.parse::<i64>().unwrap_or(lo).saturating_sub(lo);
-            dense = span > 0 && i64::try_from(n).unwrap_or(i64::MAX).saturating_mul(2) >= span;
+            dense = ctid
+                || (span > 0 && i64::try_from(n).unwrap_or(i64::MAX).saturating_mul(2) >= span);
         }
         let elapsed = began.elapsed();
         tracing::debug!(table = %spec.table, batch = batch_no, rows = n, size, ms = elapsed.as_millis() as u64, "backfill batch committed");
@@ -426,6 +575,16 @@ pub async fn run(
         if !opts.delay.is_zero() {
             tokio::time::sleep(opts.delay).await;
         }
+        // A graded throttle (the application's latency) rests the copier
+        // for a multiple of the batch's duration.
+        if let Some(ratio) = opts
+            .control
+            .as_ref()
+            .map(|c| c.slowdown())
+            .filter(|r| *r > 0.0)
+        {
+            tokio::time::sleep(began.elapsed().mul_f64(ratio.min(1000.0))).await;
+        }
         // A rate limit stretches each batch to rows / limit seconds.
         if let Some(limit) = opts
             .control
@@ -439,9 +598,7 @@ pub async fn run(
             }
         }
     }
-    client
-        .execute(
-            "UPDATE pgshift.backfills SET done = true, updated_at = now() WHERE schema = $1 AND migration = $2 AND table_name = $3",
+    crate::pg::execute(client, "UPDATE pgshift.backfills SET done = true, updated_at = now() WHERE schema = $1 AND migration = $2 AND table_name = $3",
             &[&spec.schema, &migration, &spec.table],
         )
         .await
@@ -452,6 +609,51 @@ pub async fn run(
         .map_err(|e| Error::db(ctx("session reset"), e))?;
     progress.finish();
     Ok(updated_now)
+}
+
+/// After a walk by pages: rows still marked (the table was rewritten during
+/// the walk) call for another walk up to the table's current last page.
+/// Gives up after a few walks rather than loop.
+async fn ctid_leftovers(client: &Client, q: &Queries, t: &str, walks: u32) -> Result<Option<i64>> {
+    let left: i64 = crate::pg::query_one(
+        client,
+        &format!("SELECT count(*) FROM {t} WHERE {}", ident(NEEDS_BACKFILL)),
+        &[],
+    )
+    .await
+    .map_err(|e| Error::db("counting rows left", e))?
+    .get(0);
+    if left == 0 {
+        return Ok(None);
+    }
+    if walks >= 5 {
+        return Err(Error::state(format!(
+            "{left} rows are still unfilled after {walks} walks by page; is the table being rewritten (VACUUM FULL, CLUSTER) over and over?"
+        )));
+    }
+    tracing::warn!("{left} rows moved during the walk by page (a table rewrite?); walking again");
+    let up: Option<Vec<String>> = crate::pg::query_opt(client, &q.upper, &[])
+        .await
+        .map_err(|e| Error::db("finding the last page", e))?
+        .and_then(|r| r.get(0));
+    Ok(up
+        .and_then(|u| u.first().and_then(|p| p.parse().ok()))
+        .or(Some(0)))
+}
+
+fn is_int_type(t: &str) -> bool {
+    matches!(t, "smallint" | "integer" | "bigint")
+}
+
+/// The smallest value of a single integer key (None on an empty table).
+async fn lowest_int(
+    client: &Client,
+    q: &Queries,
+) -> std::result::Result<Option<i64>, tokio_postgres::Error> {
+    Ok(crate::pg::query_one(client, &q.lowest, &[])
+        .await?
+        .get::<_, Option<String>>(0)
+        .and_then(|m| m.parse().ok()))
 }
 
 /// Size the next batch so it takes about `target`: grow at most 4x, shrink
@@ -481,24 +683,21 @@ async fn batch(
         let n = match last {
             None => {
                 let params: Params = hi.iter().map(|v| v as _).collect();
-                client.execute(&q.first_update, &params).await?
+                crate::pg::execute(client, &q.first_update, &params).await?
             }
             Some(l) => {
                 let mut params: Params = l.iter().map(|v| v as _).collect();
-                params.extend(
-                    hi.iter()
-                        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)),
-                );
-                client.execute(&q.next_update, &params).await?
+                params.extend(hi.iter().map(|v| v as &dyn crate::pg::Param));
+                crate::pg::execute(client, &q.next_update, &params).await?
             }
         };
         let n_i = i64::try_from(n).unwrap_or(i64::MAX);
-        client
-            .execute(
-                &q.progress,
-                &[&spec.schema, &migration, &spec.table, hi, &n_i],
-            )
-            .await?;
+        crate::pg::execute(
+            client,
+            &q.progress,
+            &[&spec.schema, &migration, &spec.table, hi, &n_i],
+        )
+        .await?;
         client.batch_execute("COMMIT").await?;
         Ok(n)
     }
@@ -512,6 +711,21 @@ async fn batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn graded_throttle_grows_above_the_bound_and_lifts_well_below_it() {
+        let bound = Duration::from_millis(10);
+        let over = Duration::from_millis(12);
+        let near = Duration::from_millis(9);
+        let under = Duration::from_millis(5);
+        assert_eq!(next_slowdown(0.0, over, bound), 0.5);
+        assert_eq!(next_slowdown(0.5, over, bound), 0.75);
+        assert_eq!(next_slowdown(MAX_SLOWDOWN, over, bound), MAX_SLOWDOWN);
+        assert_eq!(next_slowdown(2.0, near, bound), 2.0);
+        assert_eq!(next_slowdown(2.0, under, bound), 1.5);
+        assert_eq!(next_slowdown(0.12, under, bound), 0.0);
+        assert_eq!(next_slowdown(0.0, under, bound), 0.0);
+    }
 
     #[test]
     fn batches_grow_toward_target_and_halve_on_outliers() {

@@ -3,8 +3,9 @@
 //! repairs existing rows and old-side writes so they satisfy the constraint,
 //! `down` maps new-side values back) and the constraint goes on the copies:
 //! checks and foreign keys NOT VALID (validated at complete), unique through
-//! a concurrent index attached at cut-over. A table created by the same
-//! migration gets the constraint directly.
+//! a concurrent index attached at cut-over, and a primary key (on a table
+//! without one) the same way once its columns are NOT NULL through validated
+//! checks. A table created by the same migration gets the constraint directly.
 
 use super::{check_ident, temp_column};
 use crate::error::Result;
@@ -115,10 +116,18 @@ pub async fn plan(op: &CreateConstraint, p: &mut Planner<'_>) -> Result<()> {
         return Ok(());
     }
     if op.type_ == ConstraintType::PrimaryKey {
-        return Err(p.err(
-            "type",
-            "adding a primary key to an existing table is not supported yet (it needs NOT NULL on the key columns); create a unique constraint",
-        ));
+        if let Some(base) = p.base.tables.get(&table.physical) {
+            if !base.primary_key.is_empty() {
+                return Err(p.err(
+                    "type",
+                    format!(
+                        "table {:?} already has a primary key ({}); drop it with drop_constraint in an earlier migration, or create a unique constraint",
+                        op.table,
+                        base.primary_key.join(", ")
+                    ),
+                ));
+            }
+        }
     }
     for (field, map) in [("up", &op.up), ("down", &op.down)] {
         if let Some(k) = map.keys().find(|k| !op.columns.contains(k)) {
@@ -160,7 +169,7 @@ pub async fn plan(op: &CreateConstraint, p: &mut Planner<'_>) -> Result<()> {
         .collect();
     // What the existing rows must satisfy once `up` has run.
     let rule = match op.type_ {
-        ConstraintType::Unique => Some(Rule::Unique(temps.clone())),
+        ConstraintType::Unique | ConstraintType::PrimaryKey => Some(Rule::Unique(temps.clone())),
         ConstraintType::Check => op.check.as_ref().map(|c| {
             Rule::Check(
                 op.columns
@@ -198,11 +207,30 @@ pub async fn plan(op: &CreateConstraint, p: &mut Planner<'_>) -> Result<()> {
         p.require(&table.physical, &op.name, rule);
     }
     match op.type_ {
-        ConstraintType::Unique => {
+        ConstraintType::Unique | ConstraintType::PrimaryKey => {
+            let kind = if op.type_ == ConstraintType::PrimaryKey {
+                // Key columns are NOT NULL (checked before start, enforced by
+                // a validated check) before the key is attached.
+                for (c, temp) in op.columns.iter().zip(&temps) {
+                    p.not_null_via_check(
+                        &table.physical,
+                        c,
+                        temp,
+                        format!(
+                            "validate NOT NULL on {}.{c} for primary key {}",
+                            op.table, op.name
+                        ),
+                    );
+                }
+                "PRIMARY KEY"
+            } else {
+                "UNIQUE"
+            };
             let idx = bounded_name("_pgshift_uq_", &op.name);
-            p.unique_via_index(
+            p.key_via_index(
                 &table.physical,
                 &op.name,
+                kind,
                 &idx,
                 &temps,
                 format!("build unique index for constraint {}", op.name),

@@ -341,6 +341,22 @@ impl<'a> Planner<'a> {
         columns: &[String],
         describe: String,
     ) {
+        self.key_via_index(table, constraint, "UNIQUE", index, columns, describe);
+    }
+
+    /// A UNIQUE or PRIMARY KEY constraint through a concurrent unique index
+    /// (see [`Planner::unique_via_index`]). A primary key's columns must be
+    /// NOT NULL by then ([`Planner::not_null_via_check`], planned first), or
+    /// attaching it would scan the table under its lock.
+    pub fn key_via_index(
+        &mut self,
+        table: &str,
+        constraint: &str,
+        kind: &'static str,
+        index: &str,
+        columns: &[String],
+        describe: String,
+    ) {
         let t = self.q(table);
         let cols = columns
             .iter()
@@ -363,7 +379,7 @@ impl<'a> Planner<'a> {
         self.cutover_post.push((
             table.to_string(),
             format!(
-                "ALTER TABLE {t} ADD CONSTRAINT {} UNIQUE USING INDEX {}",
+                "ALTER TABLE {t} ADD CONSTRAINT {} {kind} USING INDEX {}",
                 ident(constraint),
                 ident(index)
             ),
@@ -642,22 +658,25 @@ fn finish(mut p: Planner<'_>, previous_version_schema: Option<String>) -> Result
         let base_table = p.base.tables.get(&t.table);
         let needs_backfill = !t.up.is_empty();
         if needs_backfill {
-            let key = base_table.and_then(|b| b.backfill_key()).ok_or_else(|| {
-                Error::invalid(format!(
-                    "{}: table {:?} has no primary key and no unique index over NOT NULL columns; pgshift needs one to backfill it in batches (add a primary key first)",
-                    p.migration.origin(),
-                    table.name
-                ))
-            })?;
-            let key_types = key
-                .iter()
-                .map(|k| {
-                    base_table
-                        .and_then(|b| b.column(k))
-                        .map(|c| c.type_sql.clone())
-                        .unwrap_or_else(|| "text".into())
-                })
-                .collect();
+            // No primary key and no unique NOT NULL columns: walk by page.
+            let (key, key_types) = match base_table.and_then(|b| b.backfill_key()) {
+                Some(key) => {
+                    let types = key
+                        .iter()
+                        .map(|k| {
+                            base_table
+                                .and_then(|b| b.column(k))
+                                .map(|c| c.type_sql.clone())
+                                .unwrap_or_else(|| "text".into())
+                        })
+                        .collect();
+                    (key, types)
+                }
+                None => (
+                    vec!["ctid".to_string()],
+                    vec![crate::backfill::CTID_KEY_TYPE.to_string()],
+                ),
+            };
             backfills.push(BackfillSpec {
                 schema: schema.clone(),
                 table: t.table.clone(),

@@ -105,3 +105,63 @@ async fn a_select_up_expression_keeps_its_meaning_when_unwrapped_or_not() {
         "51|51"
     );
 }
+
+#[tokio::test]
+async fn a_table_without_any_key_is_walked_by_page_even_across_a_rewrite() {
+    let db = support::fresh_db("bf_ctid").await;
+    let c = db.client().await;
+    // No primary key, no unique column; holes from deleted rows.
+    c.batch_execute(
+        "CREATE TABLE t (v int, pad text);
+         INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(1, 20000) g;
+         DELETE FROM t WHERE v % 3 = 0 OR v BETWEEN 5000 AND 9000;",
+    )
+    .await
+    .unwrap();
+    let left = rows(&c, "SELECT count(*) FROM t").await;
+    let dir = support::temp_dir("bf_ctid");
+    let f = support::write_migration(
+        &dir,
+        "m1",
+        "operations:\n  - add_column:\n      table: t\n      up: v + 1\n      column: {name: w, type: int, nullable: false}\n",
+    );
+    // Killed after two batches of 20 pages...
+    let out = db.pgshift_env(
+        &[
+            "start",
+            f.to_str().unwrap(),
+            "--progress",
+            "none",
+            "--backfill-batch-size",
+            "20",
+        ],
+        &[("PGSHIFT_CRASH_AT", "backfill:2")],
+    );
+    out.failed();
+    let done: i64 = rows(&c, "SELECT rows_done FROM pgshift.backfills")
+        .await
+        .parse()
+        .unwrap();
+    assert!(done > 0, "two batches ran before the crash");
+    // ...then the table is rewritten: rows still to fill move below the mark.
+    c.batch_execute("VACUUM FULL t").await.unwrap();
+    let out = db.pgshift(&[
+        "start",
+        f.to_str().unwrap(),
+        "--progress",
+        "none",
+        "--backfill-batch-size",
+        "20",
+    ]);
+    out.ok();
+    assert!(out.stderr.contains("walking again"), "{}", out.stderr);
+    db.pgshift(&["complete"]).ok();
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT count(*), count(*) FILTER (WHERE w = v + 1) FROM t"
+        )
+        .await,
+        format!("{left}|{left}")
+    );
+}

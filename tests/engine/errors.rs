@@ -73,6 +73,7 @@ async fn missing_tables_and_columns_are_refused_before_anything_runs() {
         ("exists", "operations:\n  - add_column: {table: users, column: {name: name, type: int, nullable: true}}\n", "already exists"),
         ("nn_no_up", "operations:\n  - add_column: {table: users, column: {name: b, type: int}}\n", "give `up`"),
         ("type_no_up", "operations:\n  - alter_column: {table: users, column: name, type: int}\n", "`up` is required"),
+        ("second_pk", "operations:\n  - create_constraint: {table: users, name: users_pk2, type: primary_key, columns: [name], up: {name: name}, down: {name: name}}\n", "already has a primary key (id)"),
         ("second_ok_first_bad", "operations:\n  - add_column: {table: users, column: {name: c, type: int, nullable: true}}\n  - drop_column: {table: users, column: ghost}\n", "operations[1] (drop_column)"),
     ];
     assert_start_refused(&db, &dir, &cases, None);

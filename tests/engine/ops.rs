@@ -593,6 +593,41 @@ async fn create_constraint_unique_and_foreign_key_on_the_same_columns() {
 }
 
 #[tokio::test]
+async fn create_constraint_primary_key_on_a_table_without_one() {
+    Scenario {
+        name: "create_pk",
+        setup: "CREATE TABLE accounts (email text NOT NULL UNIQUE, legacy_id int);
+                INSERT INTO accounts VALUES ('a@x', 1), ('bb@x', NULL), ('ccc@x', 3);",
+        migration: "operations:
+  - create_constraint:
+      type: primary_key
+      table: accounts
+      name: accounts_pk
+      columns: [legacy_id]
+      up: {legacy_id: 'coalesce(legacy_id, 100 + length(email))'}
+      down: {legacy_id: legacy_id}
+",
+        during: vec![
+            Old("INSERT INTO accounts VALUES ('dddd@x', NULL)"),
+            New("INSERT INTO accounts VALUES ('e@x', 7)"),
+            NewSees("SELECT string_agg(legacy_id::text, ',' ORDER BY legacy_id) FROM accounts", "1,3,7,104,106"),
+            OldSees("SELECT count(*) FROM accounts WHERE legacy_id IS NULL", "2"),
+        ],
+        after_complete: vec![
+            ("SELECT string_agg(conname || ' ' || contype::text, ',' ORDER BY conname) FROM pg_constraint WHERE conrelid = 'accounts'::regclass", "accounts_email_key u,accounts_pk p"),
+            ("SELECT attnotnull FROM pg_attribute WHERE attrelid = 'accounts'::regclass AND attname = 'legacy_id'", "t"),
+            ("SELECT string_agg(legacy_id::text, ',' ORDER BY legacy_id) FROM accounts", "1,3,7,104,106"),
+        ],
+        after_rollback: vec![
+            ("SELECT string_agg(conname, ',' ORDER BY conname) FROM pg_constraint WHERE conrelid = 'accounts'::regclass", "accounts_email_key"),
+            ("SELECT string_agg(coalesce(legacy_id::text, '-'), ',' ORDER BY email) FROM accounts", "1,-,3,-,7"),
+        ],
+    }
+    .run()
+    .await;
+}
+
+#[tokio::test]
 async fn drop_multicolumn_constraint_frees_both_columns() {
     Scenario {
         name: "drop_multicolumn",
