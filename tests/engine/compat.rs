@@ -1,7 +1,9 @@
 //! pgroll's 56 example migrations, unchanged, in order on a fresh database:
 //! once as start + complete, once as start, rollback, start, complete. Both
 //! must succeed and end with the same schema (rollback leaves nothing that
-//! changes the result), and spot checks show what the files ask for.
+//! changes the result); after each file, what it asks for (tables, columns
+//! with their types and nullability, constraints, keys, indexes, replica
+//! identity, version schema) is checked in the catalog.
 
 use crate::support::{self, rows, TestDb};
 use std::path::PathBuf;
@@ -59,6 +61,9 @@ async fn all_56_pgroll_examples_run_start_complete_and_start_rollback_start_comp
     let straight = support::fresh_db("compat_a").await;
     let roundabout = support::fresh_db("compat_b").await;
     let mut irreversible = Vec::new();
+    let mut unmet = Vec::new();
+    let mut facts = 0;
+    let sc = straight.client().await;
     for f in &files {
         let path = f.to_str().unwrap();
         run(
@@ -66,9 +71,15 @@ async fn all_56_pgroll_examples_run_start_complete_and_start_rollback_start_comp
             &["start", path, "--complete", "--progress", "none"],
             f,
         );
+        let m = pgshift::migration::Migration::load(f).unwrap();
+        // What the file asks for holds in the catalog once it is complete.
+        let expect = crate::expect::Expect::from_file(&m.file);
+        facts += expect.facts();
+        for miss in expect.mismatches(&sc).await {
+            unmet.push(format!("{}: {miss}", m.name));
+        }
         // A `sql` operation without `down` cannot be undone (as in pgroll):
         // rolling it back would leave its effect, so it only goes forward.
-        let m = pgshift::migration::Migration::load(f).unwrap();
         let reversible = !m.file.operations.iter().any(|o| {
             matches!(o, pgshift::migration::Operation::Sql(s) if s.down.is_none() && !s.on_complete)
         });
@@ -81,6 +92,13 @@ async fn all_56_pgroll_examples_run_start_complete_and_start_rollback_start_comp
         }
         run(&roundabout, &["complete"], f);
     }
+    assert!(
+        unmet.is_empty(),
+        "not as the files ask:\n{}",
+        unmet.join("\n")
+    );
+    eprintln!("{facts} catalog facts checked");
+    assert!(facts > 150, "only {facts} facts checked");
     assert!(irreversible.len() < 10, "{irreversible:?}");
     let a = fingerprint(&straight).await;
     assert_eq!(

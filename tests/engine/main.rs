@@ -11,6 +11,7 @@ mod backfill;
 mod compat;
 mod crash;
 mod errors;
+mod expect;
 mod ops;
 mod safety;
 mod scenario;
