@@ -159,7 +159,7 @@ impl Admin {
                             Some(b.rows_total.to_string()),
                             Some(b.batches.to_string()),
                             Some(b.done.to_string()),
-                            self.control.holding(),
+                            self.control.state(),
                         ]);
                     }
                 }

@@ -145,14 +145,14 @@ impl Control {
 pub const MAX_SLOWDOWN: f64 = 32.0;
 
 /// The next graded-throttle ratio from the latest p99 against its bound:
-/// above the bound it grows by half (at least to 0.5); well below (under 80%)
-/// it shrinks by a quarter and lifts under 0.1; in between it holds. Called a
+/// above the bound it grows by half (at least to 0.5); below 90% of it it
+/// shrinks by a quarter and lifts under 0.1; in between it holds. Called a
 /// few times a second, so the copier settles where the application's p99
 /// sits just under the bound instead of stopping and starting.
 pub fn next_slowdown(current: f64, p99: Duration, bound: Duration) -> f64 {
     if p99 > bound {
         (current * 1.5).clamp(0.5, MAX_SLOWDOWN)
-    } else if p99.as_secs_f64() < 0.8 * bound.as_secs_f64() {
+    } else if p99.as_secs_f64() < 0.9 * bound.as_secs_f64() {
         let next = current * 0.75;
         if next < 0.1 {
             0.0
@@ -716,7 +716,7 @@ mod tests {
     fn graded_throttle_grows_above_the_bound_and_lifts_well_below_it() {
         let bound = Duration::from_millis(10);
         let over = Duration::from_millis(12);
-        let near = Duration::from_millis(9);
+        let near = Duration::from_micros(9500);
         let under = Duration::from_millis(5);
         assert_eq!(next_slowdown(0.0, over, bound), 0.5);
         assert_eq!(next_slowdown(0.5, over, bound), 0.75);

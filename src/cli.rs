@@ -296,7 +296,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                         d.sessions,
                         d.throttle
                             .as_ref()
-                            .map(|t| format!(", copier waiting: {t}"))
+                            .map(|t| format!(", copier held back: {t}"))
                             .unwrap_or_default()
                     );
                 }

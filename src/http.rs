@@ -104,6 +104,10 @@ fn describe() {
         "1 while the copier waits (paused or throttled)"
     );
     describe_gauge!(
+        "pgshift_backfill_slowdown_ratio",
+        "graded throttle: the copier rests this many times each batch's duration (0: full speed)"
+    );
+    describe_gauge!(
         "pgshift_backfill_throttle_reason",
         "1 for the reason the copier waits: paused, latency or replica_lag"
     );

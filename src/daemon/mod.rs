@@ -255,7 +255,7 @@ async fn control_loop(
                             &listen,
                             &proxy,
                             ack.as_deref(),
-                            live.control.holding(),
+                            live.control.state(),
                         )
                         .await?;
                         phase_metric(&client, &cfg.schema, &proxy).await?;
@@ -414,22 +414,39 @@ async fn phase_metric(client: &Client, schema: &str, proxy: &pgshift_proxy::Prox
 /// Throttle the copier while the proxy's recent p99 or a replica's replay
 /// lag is above its bound.
 async fn throttle_loop(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>) {
+    use crate::backfill::{next_slowdown, MAX_SLOWDOWN};
     let mut lag_client: Option<Client> = None;
+    // Graded throttle on the application's p99: the copier rests this many
+    // times each batch's duration; past MAX_SLOWDOWN it stops.
+    let mut slowdown = 0.0;
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let (max_p99, max_lag) = live.bounds();
         let mut reason = None;
-        if !max_p99.is_zero() {
-            if let Some((p99, n)) = proxy.latency.p99(Duration::from_secs(5)) {
-                metrics::gauge!("pgshift_proxy_p99_seconds").set(p99.as_secs_f64());
-                if n >= 20 && p99 > max_p99 {
-                    reason = Some(format!(
-                        "proxy p99 latency {:.2} ms above max_p99_ms {:.2}",
-                        p99.as_secs_f64() * 1000.0,
-                        max_p99.as_secs_f64() * 1000.0
-                    ));
-                }
+        let mut slow_reason = None;
+        if max_p99.is_zero() {
+            slowdown = 0.0;
+        } else if let Some((p99, _)) = proxy
+            .latency
+            .p99(Duration::from_secs(1))
+            .filter(|(_, n)| *n >= 20)
+        {
+            metrics::gauge!("pgshift_proxy_p99_seconds").set(p99.as_secs_f64());
+            let was = slowdown;
+            slowdown = next_slowdown(slowdown, p99, max_p99);
+            let (p, b) = (p99.as_secs_f64() * 1000.0, max_p99.as_secs_f64() * 1000.0);
+            if p99 > max_p99 && was >= MAX_SLOWDOWN {
+                reason = Some(format!(
+                    "proxy p99 latency {p:.2} ms above max_p99_ms {b:.2}"
+                ));
+            } else if slowdown > 0.0 {
+                slow_reason = Some(format!(
+                    "proxy p99 latency {p:.2} ms against max_p99_ms {b:.2}: copier rests {slowdown:.1}x each batch"
+                ));
             }
+        } else {
+            // (Almost) no traffic: nobody to protect, let the copier speed up.
+            slowdown = next_slowdown(slowdown, Duration::ZERO, max_p99);
         }
         if reason.is_none() && !max_lag.is_zero() {
             if lag_client.as_ref().is_none_or(|c| c.is_closed()) {
@@ -453,6 +470,7 @@ async fn throttle_loop(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>) {
                 }
             }
         }
+        live.control.set_slowdown(slowdown, slow_reason);
         live.control.set_throttle(reason);
     }
 }

@@ -4,7 +4,10 @@
 # pg_locks every few milliseconds) and the workload's p99 during the
 # migration against its baseline, in one run. Writes the "constraints"
 # section of docs/benchmarks.md.
-#   tests/bench/constraints.sh     (PGSHIFT_BENCH_ROWS=10000000, PGSHIFT_BENCH_RATE=300 tps)
+# The migration runs the way the daemon runs it: the workload goes through the
+# daemon's proxy, whose p99 throttles the daemon's copier.
+#   tests/bench/constraints.sh     (PGSHIFT_BENCH_ROWS=10000000, PGSHIFT_BENCH_RATE=300 tps,
+#                                   PGSHIFT_BENCH_BATCH_MS=2)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin="$root/target/release/pgshift"
@@ -14,7 +17,12 @@ python="$root/target/test-clients/venv/bin/python"
 bindir=${PGSHIFT_PG_BINDIR:-/usr/lib/postgresql/15/bin}
 pgbench="$bindir/pgbench"; [ -x "$pgbench" ] || pgbench=pgbench
 dir=$(mktemp -d /tmp/pgshift-cbench-XXXXXX); chmod 755 "$dir"
-trap '"$root/tests/support/pg.sh" stop "$dir/pg"' EXIT
+daemon_pid=
+cleanup() {
+  [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null || true
+  "$root/tests/support/pg.sh" stop "$dir/pg"
+}
+trap cleanup EXIT
 url=$("$root/tests/support/pg.sh" start "$dir/pg")
 db="${url%/postgres}/bench"
 psql -X -q "$url" -c "CREATE DATABASE bench"
@@ -23,6 +31,8 @@ psql -X -q "$db" -c "CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id 
   INSERT INTO orders (customer_id, note) SELECT CASE WHEN g % 1000 = 0 THEN NULL ELSE 1 + g % 100000 END, 'n' FROM generate_series(1, $rows) g"
 psql -X -q "$db" -c "VACUUM ANALYZE orders"
 "$bin" init --postgres-url "$db" >/dev/null
+. "$root/tests/bench/daemon_lib.sh"
+start_daemon bench
 cat >"$dir/work.sql" <<SQL
 \set c random(1, 100000)
 \set o random(1, $rows)
@@ -40,9 +50,11 @@ operations:
       up: coalesce(customer_id, 1)
       down: customer_id
 Y
-workload() { # seconds prefix
-  (cd "$dir" && exec "$pgbench" -h 127.0.0.1 -p "$(cat "$dir/pg/port")" -U postgres -n -c 2 -j 2 -R "$rate" -T "$1" \
-     -f "$dir/work.sql" -l --log-prefix="$2" bench >/dev/null 2>&1)
+# Through the daemon's proxy. workload_bg leaves pgbench's pid in $! (stop
+# it with SIGTERM: background jobs of a script ignore SIGINT).
+workload_bg() { # seconds prefix
+  (cd "$dir" && exec "$pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -c 2 -j 2 -R "$rate" -T "$1" \
+     -f "$dir/work.sql" -l --log-prefix="$2" bench >/dev/null 2>&1) &
 }
 # Samples ACCESS EXCLUSIVE locks on orders until told to stop; prints the
 # longest continuous hold per backend, in ms.
@@ -65,18 +77,30 @@ for t in held.values():
     longest = max(longest, (now - t) * 1000)
 print(f"{longest:.1f}")
 PY
-workload 15 base
+"$bin" set max_p99_ms 1000000 --postgres-url "$db" >/dev/null  # measure only
+workload_bg 15 base; wl=$!
+sleep 4
+bp99=$(request_p99_bound)
+wait "$wl"
+batch_ms=${PGSHIFT_BENCH_BATCH_MS:-2}
+copier_settings "$bp99" "$batch_ms"
 "$python" "$dir/sample.py" "$db" "$dir/stop" >"$dir/longest" &
 sampler=$!
-workload 600 during & wl=$!
+# The old application version writes while the daemon backfills; then the
+# new version, which lets complete go ahead.
+workload_bg 3600 during; wl=$!
 sleep 2
 t0=$(date +%s.%N)
-"$bin" start "$mig" --postgres-url "$db" --progress none 2>"$dir/start.log"
+"$bin" start "$mig" --postgres-url "$db" --wait --progress none 2>"$dir/start.log"
 t1=$(date +%s.%N)
-"$bin" complete --postgres-url "$db" 2>"$dir/complete.log"
+PGOPTIONS="-c pgshift.version=01_orders_customer_fk_not_null" workload_bg 3600 during_new; wl_new=$!
+kill -TERM "$wl" 2>/dev/null || true; wait "$wl" 2>/dev/null || true
+# (Daemons report sessions once a second: the drain timeout covers the last
+# old-version sessions that just ended.)
+"$bin" complete --postgres-url "$db" --drain-timeout 10 2>"$dir/complete.log"
 t2=$(date +%s.%N)
 touch "$dir/stop"; wait "$sampler"
-kill -INT "$wl" 2>/dev/null || true; wait "$wl" 2>/dev/null || true
+kill -TERM "$wl_new" 2>/dev/null || true; wait "$wl_new" 2>/dev/null || true
 longest=$(cat "$dir/longest")
 bad=$(psql -X -tA "$db" -c "SELECT count(*) FROM orders o WHERE customer_id IS NULL OR NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = o.customer_id)")
 [ "$bad" = 0 ] || { echo "bench: $bad rows break the new constraints" >&2; exit 1; }
@@ -88,7 +112,7 @@ from pgbench_log import load as load_in, pct
 def load(prefix):
     return load_in(d, prefix)
 base = [l for _, l in load("base")]
-during = [l for t, l in load("during") if t0 <= t <= t2]
+during = [l for t, l in load("during") + load("during_new") if t0 <= t <= t2]
 print(f"| {rows:,} | {start_s:.1f} | {complete_s:.2f} | {longest:.1f} | {pct(base, .99):.2f} | {pct(during, .99):.2f} | {pct(during, .99) / pct(base, .99):.2f}x | {len(during)} |")
 PY
 cat "$dir/row.md"
@@ -100,8 +124,11 @@ cat >"$section" <<MD
 Produced by \`make bench\` (\`tests/bench/constraints.sh\`) on $(date -u +%Y-%m-%d), $(nproc) cores, PostgreSQL
 $(psql -X -tA "$url" -c "SHOW server_version"), one throwaway cluster (fsync off). \`orders\` has ${rows} rows
 (one in a thousand with a NULL \`customer_id\`); one \`alter_column\` makes \`customer_id\` NOT NULL
-(\`up: coalesce(customer_id, 1)\`) and a foreign key to \`customers\`, through \`start\` then \`complete\`, while a
-pgbench script inserts and updates orders at ${rate} tps from 2 clients (every transaction logged). The
+(\`up: coalesce(customer_id, 1)\`) and a foreign key to \`customers\`, through \`start --wait\` (the daemon's copier
+backfills) then \`complete\`, while a pgbench script inserts and updates orders at ${rate} tps from 2 clients
+through the daemon's proxy (every transaction logged; the old application version until the backfill is
+done, then the new one). As in the daemon benchmark, the copier is told \`max_p99_ms\` = 1.3x the
+median one-second request p99 of the baseline (${bp99} ms) and \`batch_target_ms\` = ${batch_ms}. The
 longest ACCESS EXCLUSIVE lock on \`orders\` is sampled from \`pg_locks\` every ~2 ms (so holds shorter than
 that may show as 0).
 

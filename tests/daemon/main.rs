@@ -493,7 +493,7 @@ async fn pause_holds_the_copier_and_resume_lets_it_finish() {
     assert!(
         status
             .stdout
-            .contains("copier waiting: paused by an operator"),
+            .contains("copier held back: paused by an operator"),
         "{}",
         status.stdout
     );
