@@ -125,18 +125,16 @@ async fn a_table_without_any_key_is_walked_by_page_even_across_a_rewrite() {
         "m1",
         "operations:\n  - add_column:\n      table: t\n      up: v + 1\n      column: {name: w, type: int, nullable: false}\n",
     );
+    let start = [
+        "start",
+        f.to_str().unwrap(),
+        "--progress",
+        "none",
+        "--backfill-batch-size",
+        "20",
+    ];
     // Killed after two batches of 20 pages...
-    let out = db.pgshift_env(
-        &[
-            "start",
-            f.to_str().unwrap(),
-            "--progress",
-            "none",
-            "--backfill-batch-size",
-            "20",
-        ],
-        &[("PGSHIFT_CRASH_AT", "backfill:2")],
-    );
+    let out = db.pgshift_env(&start, &[("PGSHIFT_CRASH_AT", "backfill:2")]);
     out.failed();
     let done: i64 = rows(&c, "SELECT rows_done FROM pgshift.backfills")
         .await
@@ -145,14 +143,7 @@ async fn a_table_without_any_key_is_walked_by_page_even_across_a_rewrite() {
     assert!(done > 0, "two batches ran before the crash");
     // ...then the table is rewritten: rows still to fill move below the mark.
     c.batch_execute("VACUUM FULL t").await.unwrap();
-    let out = db.pgshift(&[
-        "start",
-        f.to_str().unwrap(),
-        "--progress",
-        "none",
-        "--backfill-batch-size",
-        "20",
-    ]);
+    let out = db.pgshift(&start);
     out.ok();
     assert!(out.stderr.contains("walking again"), "{}", out.stderr);
     db.pgshift(&["complete"]).ok();
