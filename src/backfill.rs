@@ -33,6 +33,9 @@ pub struct Control {
     /// the batch's duration (f64 bits; 0: none), with the reason shown.
     slowdown: std::sync::atomic::AtomicU64,
     slowdown_reason: std::sync::Mutex<Option<String>>,
+    /// Live batch sizing (target duration, fixed size) over the options the
+    /// backfill started with.
+    sizing: std::sync::Mutex<Option<(Duration, Option<u64>)>>,
     changed: tokio::sync::Notify,
 }
 
@@ -81,6 +84,16 @@ impl Control {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = if ratio > 0.0 { reason } else { None };
         metrics::gauge!("pgshift_backfill_slowdown_ratio").set(ratio);
+    }
+
+    /// Size batches to `target`, or fix them at `size` rows, from the next
+    /// batch on (a running backfill too).
+    pub fn set_sizing(&self, target: Duration, size: Option<u64>) {
+        *self.sizing.lock().unwrap_or_else(|p| p.into_inner()) = Some((target, size));
+    }
+
+    fn sizing(&self) -> Option<(Duration, Option<u64>)> {
+        *self.sizing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn slowdown(&self) -> f64 {
@@ -495,6 +508,10 @@ pub async fn run(
     loop {
         if let Some(c) = &opts.control {
             c.wait().await;
+            // A fixed size set while the copier ran or waited applies now.
+            if let Some((_, Some(n))) = c.sizing() {
+                size = n.max(1);
+            }
         }
         let size_param = i64::try_from(size).unwrap_or(i64::MAX);
         let began = Instant::now();
@@ -569,9 +586,15 @@ pub async fn run(
         progress.advance(n, size);
         failpoint::hit("backfill", batch_no, false);
         last = Some(hi);
-        if opts.batch_size.is_none() {
-            size = next_size(size, elapsed, opts);
-        }
+        let (target, fixed) = opts
+            .control
+            .as_ref()
+            .and_then(|c| c.sizing())
+            .unwrap_or((opts.target, opts.batch_size));
+        size = match fixed {
+            Some(n) => n.max(1),
+            None => next_size(size, elapsed, target, opts),
+        };
         if !opts.delay.is_zero() {
             tokio::time::sleep(opts.delay).await;
         }
@@ -658,9 +681,9 @@ async fn lowest_int(
 
 /// Size the next batch so it takes about `target`: grow at most 4x, shrink
 /// at once (halve at least) after a batch that ran past twice the target.
-fn next_size(size: u64, elapsed: Duration, opts: &BackfillOptions) -> u64 {
+fn next_size(size: u64, elapsed: Duration, target: Duration, opts: &BackfillOptions) -> u64 {
     let took = elapsed.as_secs_f64().max(1e-4);
-    let target = opts.target.as_secs_f64();
+    let target = target.as_secs_f64();
     let ideal = (size as f64 * target / took) as u64;
     let next = if took > 2.0 * target {
         ideal.min(size / 2)
@@ -730,9 +753,15 @@ mod tests {
     #[test]
     fn batches_grow_toward_target_and_halve_on_outliers() {
         let o = BackfillOptions::default();
-        assert_eq!(next_size(1000, Duration::from_millis(10), &o), 4000);
-        assert_eq!(next_size(1000, Duration::from_millis(100), &o), 1000);
-        assert!(next_size(1000, Duration::from_millis(1000), &o) <= 500);
-        assert_eq!(next_size(150, Duration::from_secs(10), &o), 100);
+        assert_eq!(
+            next_size(1000, Duration::from_millis(10), o.target, &o),
+            4000
+        );
+        assert_eq!(
+            next_size(1000, Duration::from_millis(100), o.target, &o),
+            1000
+        );
+        assert!(next_size(1000, Duration::from_millis(1000), o.target, &o) <= 500);
+        assert_eq!(next_size(150, Duration::from_secs(10), o.target, &o), 100);
     }
 }

@@ -86,6 +86,9 @@ impl Live {
         if let Some(n) = num("batch_size") {
             c.backfill.batch_size = (n > 0).then_some(n);
         }
+        // A running backfill picks these up at its next batch.
+        self.control
+            .set_sizing(c.backfill.target, c.backfill.batch_size);
     }
 }
 

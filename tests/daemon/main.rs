@@ -497,6 +497,12 @@ async fn pause_holds_the_copier_and_resume_lets_it_finish() {
         "{}",
         status.stdout
     );
+    // A batch size set now applies to the running backfill from its next batch.
+    let held_batches: i64 = rows(&c, "SELECT batches FROM pgshift.backfills")
+        .await
+        .parse()
+        .unwrap();
+    db.pgshift(&["set", "batch_size", "100"]).ok();
     db.pgshift(&["resume"]).ok();
     until("the backfill to finish", || async {
         rows(&c, "SELECT phase FROM pgshift.migrations").await == "active"
@@ -505,6 +511,16 @@ async fn pause_holds_the_copier_and_resume_lets_it_finish() {
     assert_eq!(
         rows(&c, "SELECT rows_done FROM pgshift.backfills").await,
         "20000"
+    );
+    let batches: i64 = rows(&c, "SELECT batches FROM pgshift.backfills")
+        .await
+        .parse()
+        .unwrap();
+    let left: i64 = 20000 - held.parse::<i64>().unwrap();
+    assert!(
+        batches - held_batches >= left / 100,
+        "{left} rows after the pause took {} batches: the new batch size of 100 was not applied",
+        batches - held_batches
     );
     let bad = db.pgshift(&["set", "rate_limit", "fast"]);
     bad.failed();
