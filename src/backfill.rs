@@ -1,11 +1,12 @@
 //! The copier: fills the new columns of rows that existed before the
 //! dual-write triggers, walking the table in key ranges.
 //!
-//! Each batch is one transaction that (1) updates the rows of one key range
-//! that still carry the `_pgshift_needs_backfill` mark, computing the `up`
-//! expressions directly (the copier's session skips the trigger), and (2)
-//! records the range's upper key as the high-water mark. Both commit
-//! together, so a crash loses no work and repeats none. Rows written by the
+//! Each batch is one statement (one transaction, one round trip) that (1)
+//! updates the rows of one key range that still carry the
+//! `_pgshift_needs_backfill` mark, computing the `up` expressions directly
+//! (the copier's session skips the trigger), and (2) records the range's
+//! upper key as the high-water mark. Both commit together, so a crash loses
+//! no work and repeats none. Rows written by the
 //! application after the triggers were installed carry no mark and are
 //! skipped; rows inserted after the copier began lie above its upper bound.
 //!
@@ -260,9 +261,24 @@ struct Queries {
     lowest: String,
     first_boundary: String,
     next_boundary: String,
-    first_update: String,
-    next_update: String,
-    progress: String,
+    /// One batch each: the range's UPDATE and the progress row together.
+    first_batch: String,
+    next_batch: String,
+}
+
+/// A batch as one statement: the UPDATE of the range (its parameters are
+/// `$1..$params`) and the progress row, so they commit together, in one
+/// round trip. Then: the batch's upper key, schema, migration, table.
+fn batch_sql(update: &str, params: usize) -> String {
+    format!(
+        "WITH u AS ({update} RETURNING 1), c AS (SELECT count(*) AS n FROM u)
+         UPDATE pgshift.backfills SET last_key = ${}, rows_done = rows_done + c.n, batches = batches + 1, updated_at = now()
+         FROM c WHERE schema = ${} AND migration = ${} AND table_name = ${} RETURNING c.n",
+        params + 1,
+        params + 2,
+        params + 3,
+        params + 4
+    )
 }
 
 /// Key type of the physical-position walk: tables without a primary key or
@@ -297,14 +313,10 @@ fn ctid_queries(spec: &BackfillSpec) -> Queries {
         lowest: "SELECT '0'::text".into(),
         first_boundary: String::new(),
         next_boundary: String::new(),
-        first_update: range(None, 1),
-        next_update: range(Some(1), 2),
-        progress: PROGRESS_SQL.into(),
+        first_batch: batch_sql(&range(None, 1), 1),
+        next_batch: batch_sql(&range(Some(1), 2), 2),
     }
 }
-
-const PROGRESS_SQL: &str = "UPDATE pgshift.backfills SET last_key = $4, rows_done = rows_done + $5, batches = batches + 1, updated_at = now()
-                   WHERE schema = $1 AND migration = $2 AND table_name = $3";
 
 fn queries(spec: &BackfillSpec) -> Queries {
     if is_ctid(spec) {
@@ -352,9 +364,8 @@ fn queries(spec: &BackfillSpec) -> Queries {
         lowest: format!("SELECT min({k})::text FROM {t}"),
         first_boundary: boundary(None),
         next_boundary: boundary(Some(key_params(spec, n + 2))),
-        first_update: update(None, 1),
-        next_update: update(Some(key_params(spec, 1)), n + 1),
-        progress: PROGRESS_SQL.into(),
+        first_batch: batch_sql(&update(None, 1), n),
+        next_batch: batch_sql(&update(Some(key_params(spec, 1)), n + 1), 2 * n),
     }
 }
 
@@ -701,34 +712,23 @@ async fn batch(
     last: Option<&Vec<String>>,
     hi: &Vec<String>,
 ) -> std::result::Result<u64, tokio_postgres::Error> {
-    client.batch_execute("BEGIN").await?;
-    let res = async {
-        let n = match last {
-            None => {
-                let params: Params = hi.iter().map(|v| v as _).collect();
-                crate::pg::execute(client, &q.first_update, &params).await?
-            }
-            Some(l) => {
-                let mut params: Params = l.iter().map(|v| v as _).collect();
-                params.extend(hi.iter().map(|v| v as &dyn crate::pg::Param));
-                crate::pg::execute(client, &q.next_update, &params).await?
-            }
-        };
-        let n_i = i64::try_from(n).unwrap_or(i64::MAX);
-        crate::pg::execute(
-            client,
-            &q.progress,
-            &[&spec.schema, &migration, &spec.table, hi, &n_i],
-        )
-        .await?;
-        client.batch_execute("COMMIT").await?;
-        Ok(n)
-    }
-    .await;
-    if res.is_err() {
-        let _ = client.batch_execute("ROLLBACK").await;
-    }
-    res
+    let mut params: Params = Vec::new();
+    let sql = match last {
+        None => &q.first_batch,
+        Some(l) => {
+            params.extend(l.iter().map(|v| v as &dyn crate::pg::Param));
+            &q.next_batch
+        }
+    };
+    params.extend(hi.iter().map(|v| v as &dyn crate::pg::Param));
+    params.extend([
+        hi as &dyn crate::pg::Param,
+        &spec.schema,
+        &migration,
+        &spec.table,
+    ]);
+    let n: i64 = crate::pg::query_one(client, sql, &params).await?.get(0);
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 #[cfg(test)]
