@@ -8,10 +8,9 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use support::rows;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Daemon {
     child: tokio::process::Child,
@@ -19,41 +18,22 @@ struct Daemon {
     metrics: String,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Daemon {
     async fn start(db: &support::TestDb, config: &str) -> Daemon {
         let dir = support::temp_dir(&format!("daemon-{}-{}", db.name, fastrand::u32(..)));
-        let metrics = format!("127.0.0.1:{}", free_port());
+        let metrics = format!("127.0.0.1:{}", support::free_port());
         let file = dir.join("pgshift.toml");
         std::fs::write(
             &file,
             format!("postgres_url = '{}'\nlisten = '127.0.0.1:0'\nmetrics_listen = '{metrics}'\n{config}", db.url),
         )
         .unwrap();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgshift"))
-            .args(["daemon", "--config", file.to_str().unwrap()])
-            .env_remove("PGSHIFT_POSTGRES_URL")
-            .env("PGSHIFT_LOG", "pgshift=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next_line().await.unwrap().unwrap();
-        let addr = first
-            .strip_prefix("pgshift daemon listening on ")
-            .unwrap_or_else(|| panic!("{first}"));
-        let port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (child, port) = support::spawn_server(
+            &["daemon", "--config", file.to_str().unwrap()],
+            &[("PGSHIFT_LOG", "pgshift=info")],
+            "pgshift daemon listening on ",
+        )
+        .await;
         Daemon {
             child,
             port,
@@ -63,6 +43,14 @@ impl Daemon {
 
     fn url(&self, db: &str, query: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}{query}", self.port)
+    }
+
+    /// Wait until `/readyz` answers 200.
+    async fn ready(&self) {
+        until("the daemon to be ready", || async {
+            self.http("/readyz").await.starts_with("HTTP/1.1 200")
+        })
+        .await;
     }
 
     async fn http(&self, path: &str) -> String {
@@ -102,10 +90,7 @@ async fn start_hands_the_backfill_to_the_daemon_and_the_proxy_learns_the_version
     let c = db.client().await;
     c.batch_execute(SETUP).await.unwrap();
     let d = Daemon::start(&db, "").await;
-    until("the daemon to lead the copier and be ready", || async {
-        d.http("/readyz").await.starts_with("HTTP/1.1 200")
-    })
-    .await;
+    d.ready().await;
     // The copier leads once its advisory lock shows.
     until("copier leadership", || async {
         rows(&c, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = hashtext('copier:public')::oid").await == "1"
@@ -254,10 +239,7 @@ async fn old_and_new_clients_see_no_failure_through_a_whole_migration() {
     let c = db.client().await;
     c.batch_execute(SETUP).await.unwrap();
     let d = Daemon::start(&db, "[backfill]\nbatch_size = 2000\n").await;
-    until("the daemon to be ready", || async {
-        d.http("/readyz").await.starts_with("HTTP/1.1 200")
-    })
-    .await;
+    d.ready().await;
     let stop_old = Arc::new(AtomicBool::new(false));
     let stop_new = Arc::new(AtomicBool::new(false));
     let old: Vec<_> = (0..2)
@@ -361,10 +343,7 @@ async fn complete_refuses_while_old_sessions_remain_then_drains_them() {
     let c = db.client().await;
     c.batch_execute(SETUP).await.unwrap();
     let d = Daemon::start(&db, "").await;
-    until("the daemon to be ready", || async {
-        d.http("/readyz").await.starts_with("HTTP/1.1 200")
-    })
-    .await;
+    d.ready().await;
     let (old, old_conn) = tokio_postgres::connect(
         &d.url(&db.name, "?application_name=legacy-report"),
         tokio_postgres::NoTls,
@@ -564,12 +543,9 @@ async fn the_admin_console_shows_state_and_controls_the_copier() {
     let db = support::fresh_db("d_admin").await;
     let c = db.client().await;
     c.batch_execute(SETUP).await.unwrap();
-    let admin_port = free_port();
+    let admin_port = support::free_port();
     let d = Daemon::start(&db, &format!("admin_listen = '127.0.0.1:{admin_port}'\n")).await;
-    until("the daemon to be ready", || async {
-        d.http("/readyz").await.starts_with("HTTP/1.1 200")
-    })
-    .await;
+    d.ready().await;
     let dir = support::temp_dir("d-admin");
     let f = support::write_migration(&dir, "m1", MIGRATION);
     db.pgshift(&["start", f.to_str().unwrap(), "--wait", "--progress", "none"])
@@ -692,10 +668,7 @@ async fn deploy_rules_and_dashboard_use_only_metrics_the_daemon_exports() {
     let c = db.client().await;
     c.batch_execute(SETUP).await.unwrap();
     let d = Daemon::start(&db, "[backfill]\nbatch_size = 5000\n").await;
-    until("the daemon to be ready", || async {
-        d.http("/readyz").await.starts_with("HTTP/1.1 200")
-    })
-    .await;
+    d.ready().await;
     db.pgshift(&["pause"]).ok();
     let dir = support::temp_dir("d-deploy");
     let f = support::write_migration(&dir, "m1", MIGRATION);

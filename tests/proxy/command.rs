@@ -3,8 +3,7 @@
 
 use crate::harness::psql;
 use crate::support;
-use std::process::Stdio;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn http_get(addr: &str, path: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -32,33 +31,19 @@ async fn the_proxy_command_routes_exports_metrics_and_stops_on_sigterm() {
     );
     db.pgshift(&["start", f.to_str().unwrap(), "--progress", "none", "-c"])
         .ok();
-    let metrics_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let metrics = format!("127.0.0.1:{metrics_port}");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgshift"))
-        .args([
+    let metrics = format!("127.0.0.1:{}", support::free_port());
+    let (mut child, port) = support::spawn_server(
+        &[
             "proxy",
             "--listen",
             "127.0.0.1:0",
             "--metrics-listen",
             &metrics,
-        ])
-        .env("PGSHIFT_POSTGRES_URL", &db.url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next_line().await.unwrap().unwrap();
-    let addr = first
-        .strip_prefix("pgshift proxy listening on ")
-        .unwrap_or_else(|| panic!("{first}"))
-        .to_string();
-    let port = addr.rsplit_once(':').unwrap().1.to_string();
+        ],
+        &[("PGSHIFT_POSTGRES_URL", &db.url)],
+        "pgshift proxy listening on ",
+    )
+    .await;
     let url = format!(
         "host=127.0.0.1 port={port} user=postgres dbname={}",
         db.name

@@ -229,3 +229,43 @@ pub async fn leftovers(c: &Client, keep_schema: Option<&str>) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Start the pgshift binary as a server (`args`, plus `env`), wait for its
+/// first stdout line `<banner><addr>` and return the child (killed on drop)
+/// and the port it listens on. Later stdout lines are drained.
+pub async fn spawn_server(
+    args: &[&str],
+    env: &[(&str, &str)],
+    banner: &str,
+) -> (tokio::process::Child, u16) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgshift"));
+    cmd.args(args)
+        .env_remove("PGSHIFT_POSTGRES_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().unwrap();
+    let addr = first
+        .strip_prefix(banner)
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_string();
+    let port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, port)
+}
