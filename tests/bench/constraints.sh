@@ -16,14 +16,8 @@ rate=${PGSHIFT_BENCH_RATE:-300}
 python="$root/target/test-clients/venv/bin/python"
 bindir=${PGSHIFT_PG_BINDIR:-/usr/lib/postgresql/15/bin}
 pgbench="$bindir/pgbench"; [ -x "$pgbench" ] || pgbench=pgbench
-dir=$(mktemp -d /tmp/pgshift-cbench-XXXXXX); chmod 755 "$dir"
-daemon_pid=
-cleanup() {
-  [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null || true
-  "$root/tests/support/pg.sh" stop "$dir/pg"
-}
-trap cleanup EXIT
-url=$("$root/tests/support/pg.sh" start "$dir/pg")
+. "$root/tests/bench/daemon_lib.sh"
+bench_cluster pgshift-cbench
 db="${url%/postgres}/bench"
 psql -X -q "$url" -c "CREATE DATABASE bench"
 psql -X -q "$db" -c "CREATE TABLE customers (id int PRIMARY KEY); INSERT INTO customers SELECT generate_series(1, 100000)"
@@ -31,7 +25,6 @@ psql -X -q "$db" -c "CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id 
   INSERT INTO orders (customer_id, note) SELECT CASE WHEN g % 1000 = 0 THEN NULL ELSE 1 + g % 100000 END, 'n' FROM generate_series(1, $rows) g"
 psql -X -q "$db" -c "VACUUM ANALYZE orders"
 "$bin" init --postgres-url "$db" >/dev/null
-. "$root/tests/bench/daemon_lib.sh"
 start_daemon bench
 cat >"$dir/work.sql" <<SQL
 \set c random(1, 100000)

@@ -14,14 +14,8 @@ rows=${PGSHIFT_BENCH_ROWS:-1000000}
 rate=${PGSHIFT_BENCH_RATE:-400}
 bindir=${PGSHIFT_PG_BINDIR:-/usr/lib/postgresql/15/bin}
 pgbench="$bindir/pgbench"; [ -x "$pgbench" ] || pgbench=pgbench
-dir=$(mktemp -d /tmp/pgshift-dbench-XXXXXX); chmod 755 "$dir"
-daemon_pid=
-cleanup() {
-  [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null || true
-  "$root/tests/support/pg.sh" stop "$dir/pg"
-}
-trap cleanup EXIT
-url=$("$root/tests/support/pg.sh" start "$dir/pg")
+. "$root/tests/bench/daemon_lib.sh"
+bench_cluster pgshift-dbench
 pgport=$(cat "$dir/pg/port")
 base=${url%/postgres}
 db="$base/bench"
@@ -29,7 +23,6 @@ psql -X -q "$url" -c "CREATE DATABASE bench"
 "$pgbench" -i -s 10 -q -h 127.0.0.1 -p "$pgport" -U postgres bench >/dev/null 2>&1
 psql -X -q "$db" -c "CREATE TABLE users (id serial PRIMARY KEY, name varchar(255) NULL); INSERT INTO users (name) SELECT NULL FROM generate_series(1, $rows)"
 psql -X -q "$db" -c "VACUUM ANALYZE users"
-. "$root/tests/bench/daemon_lib.sh"
 start_daemon bench
 mig="$dir/01_set_name_not_null.yaml"
 cat >"$mig" <<'Y'

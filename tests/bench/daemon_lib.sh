@@ -1,7 +1,16 @@
 # Shared by the bench scripts that run a migration through `pgshift daemon`.
-# Source it after setting: bin, dir (scratch, holds pg/), db (URL of the
-# bench database). Provides start_daemon, request_p99_bound and
-# copier_settings; sets port (the proxy), mport (metrics) and daemon_pid.
+# Source it after setting root and bin. bench_cluster makes the scratch dir
+# and the throwaway cluster (sets dir and url; both go away on exit, with the
+# daemon). Set db (URL of the bench database) before start_daemon,
+# request_p99_bound and copier_settings; start_daemon sets port (the
+# proxy), mport (metrics) and daemon_pid.
+
+bench_cluster() { # name prefix of the scratch dir
+  dir=$(mktemp -d "/tmp/$1-XXXXXX"); chmod 755 "$dir"
+  daemon_pid=
+  trap '{ [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null; } || true; "$root/tests/support/pg.sh" stop "$dir/pg"' EXIT
+  url=$("$root/tests/support/pg.sh" start "$dir/pg")
+}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
