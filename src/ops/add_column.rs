@@ -4,7 +4,7 @@
 //! and for existing rows. Complete validates, renames it into place and
 //! attaches the constraints.
 
-use super::{check_ident, column_definition, comment_sql, fk_clause, temp_column};
+use super::{check_ident, column_definition, comment_sql, temp_column};
 use crate::error::Result;
 use crate::migration::format::AddColumn;
 use crate::plan::model::VColumn;
@@ -12,7 +12,7 @@ use crate::plan::preflight::Rule;
 use crate::plan::triggers::clean_expr;
 use crate::plan::{Assign, Planner, Step};
 use crate::schema::default_is_volatile;
-use crate::sql::{bounded_name, ident, rewrite_column_refs};
+use crate::sql::{bounded_name, ident};
 
 pub async fn plan(op: &AddColumn, p: &mut Planner<'_>) -> Result<()> {
     let c = &op.column;
@@ -102,36 +102,15 @@ pub async fn plan(op: &AddColumn, p: &mut Planner<'_>) -> Result<()> {
             format!("validate NOT NULL of {}.{}", op.table, c.name),
         );
     }
-    if let Some(chk) = &c.check {
-        check_ident(p, "column.check.name", &chk.name)?;
-        let expr = rewrite_column_refs(&chk.constraint, &c.name, &temp);
-        p.require(&table.physical, &chk.name, Rule::Check(expr.clone()));
-        p.not_valid_constraint(
-            &table.physical,
-            &chk.name,
-            &format!(
-                "CHECK ({expr}){}",
-                if chk.no_inherit { " NO INHERIT" } else { "" }
-            ),
-            format!("validate check {}", chk.name),
-        );
-    }
-    if let Some(r) = &c.references {
-        check_ident(p, "column.references.name", &r.name)?;
-        let rule = super::fk_rule(p, "column.references", r, &temp)?;
-        p.require(&table.physical, &r.name, rule);
-        let def = format!(
-            "FOREIGN KEY ({}) {}",
-            ident(&temp),
-            fk_clause(p, "column.references", r)?
-        );
-        p.not_valid_constraint(
-            &table.physical,
-            &r.name,
-            &def,
-            format!("validate foreign key {}", r.name),
-        );
-    }
+    super::new_column_constraints(
+        p,
+        &table.physical,
+        &c.name,
+        &temp,
+        (c.check.as_ref(), c.references.as_ref()),
+        "column.",
+        &|kind, name| format!("validate {kind} {name}"),
+    )?;
     if let Some(cm) = &c.comment {
         stmts.push(comment_sql(p, &table.physical, &temp, Some(cm)));
     }

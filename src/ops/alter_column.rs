@@ -8,13 +8,13 @@
 //! A comment-only change needs no copy: comments are metadata and are set
 //! at start.
 
-use super::{check_ident, comment_sql, fk_clause, temp_column};
+use super::{check_ident, comment_sql, temp_column};
 use crate::error::Result;
 use crate::migration::format::AlterColumn;
 use crate::plan::preflight::Rule;
 use crate::plan::triggers::clean_expr;
 use crate::plan::{Assign, Planner, Step, PREFIX};
-use crate::sql::{bounded_name, ident, rewrite_column_refs};
+use crate::sql::{bounded_name, ident};
 
 pub async fn plan(op: &AlterColumn, p: &mut Planner<'_>) -> Result<()> {
     duplicate(op, p, None, false).await
@@ -163,31 +163,15 @@ pub async fn duplicate(
         let nn = bounded_name("_pgshift_nn_", &col.name);
         p.not_null_via_check(&table.physical, &col.name, &temp, describe(&nn));
     }
-    if let Some(chk) = &op.check {
-        check_ident(p, "check.name", &chk.name)?;
-        let expr = rewrite_column_refs(&chk.constraint, &col.name, &temp);
-        p.require(&table.physical, &chk.name, Rule::Check(expr.clone()));
-        p.not_valid_constraint(
-            &table.physical,
-            &chk.name,
-            &format!(
-                "CHECK ({expr}){}",
-                if chk.no_inherit { " NO INHERIT" } else { "" }
-            ),
-            describe(&chk.name),
-        );
-    }
-    if let Some(r) = &op.references {
-        check_ident(p, "references.name", &r.name)?;
-        let rule = super::fk_rule(p, "references", r, &temp)?;
-        p.require(&table.physical, &r.name, rule);
-        let def = format!(
-            "FOREIGN KEY ({}) {}",
-            ident(&temp),
-            fk_clause(p, "references", r)?
-        );
-        p.not_valid_constraint(&table.physical, &r.name, &def, describe(&r.name));
-    }
+    super::new_column_constraints(
+        p,
+        &table.physical,
+        &col.name,
+        &temp,
+        (op.check.as_ref(), op.references.as_ref()),
+        "",
+        &|_, name| describe(name),
+    )?;
     p.start.push(
         Step::sql(
             format!("add column {temp} for {}.{}", op.table, op.column),

@@ -19,8 +19,9 @@ mod rename_table;
 mod set_replica_identity;
 
 use crate::error::Result;
-use crate::migration::format::{AlterColumn, Column, ForeignKeyReference};
+use crate::migration::format::{AlterColumn, CheckConstraint, Column, ForeignKeyReference};
 use crate::migration::Operation;
+use crate::plan::preflight::Rule;
 use crate::plan::{Planner, PREFIX};
 use crate::sql::{bounded_name, ident, literal};
 
@@ -165,6 +166,45 @@ pub fn droppable_constraint(
 
 /// `REFERENCES "s"."t" ("c") MATCH ... ON DELETE ... ON UPDATE ...` for a
 /// column-level foreign key; the referenced table is resolved through the model.
+/// A column-level `check` and `references` on `temp`, the new physical
+/// column the file calls `column`: existing rows are checked before start,
+/// the constraint is added NOT VALID with the trigger and validated at
+/// complete. `field` prefixes the file's field names (`column.` or empty);
+/// `describe(kind, name)` names the validation step.
+pub fn new_column_constraints(
+    p: &mut Planner<'_>,
+    table: &str,
+    column: &str,
+    temp: &str,
+    (check, references): (Option<&CheckConstraint>, Option<&ForeignKeyReference>),
+    field: &str,
+    describe: &dyn Fn(&str, &str) -> String,
+) -> Result<()> {
+    if let Some(chk) = check {
+        check_ident(p, &format!("{field}check.name"), &chk.name)?;
+        let expr = crate::sql::rewrite_column_refs(&chk.constraint, column, temp);
+        p.require(table, &chk.name, Rule::Check(expr.clone()));
+        p.not_valid_constraint(
+            table,
+            &chk.name,
+            &format!(
+                "CHECK ({expr}){}",
+                if chk.no_inherit { " NO INHERIT" } else { "" }
+            ),
+            describe("check", &chk.name),
+        );
+    }
+    if let Some(r) = references {
+        let at = format!("{field}references");
+        check_ident(p, &format!("{at}.name"), &r.name)?;
+        let rule = fk_rule(p, &at, r, temp)?;
+        p.require(table, &r.name, rule);
+        let def = format!("FOREIGN KEY ({}) {}", ident(temp), fk_clause(p, &at, r)?);
+        p.not_valid_constraint(table, &r.name, &def, describe("foreign key", &r.name));
+    }
+    Ok(())
+}
+
 pub fn fk_clause(p: &Planner<'_>, field: &str, r: &ForeignKeyReference) -> Result<String> {
     let (target, column) = fk_target(p, field, r)?;
     let mut s = format!("REFERENCES {target} ({})", ident(&column));
