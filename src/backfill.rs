@@ -382,11 +382,65 @@ pub async fn run(
     let ctx = |what: &str| format!("backfill of {}: {what}", spec.table);
     client
         .batch_execute(&format!(
-            "SET {COPIER_SETTING} = 'on'; SET lock_timeout = {}; SET application_name = 'pgshift-copier'",
-            literal(&format!("{}ms", opts.lock_timeout.as_millis()))
+            "SET {COPIER_SETTING} = 'on'; SET lock_timeout = {}; SET application_name = 'pgshift-copier'; {}",
+            literal(&format!("{}ms", opts.lock_timeout.as_millis())),
+            skip_triggers_sql(spec)
         ))
         .await
         .map_err(|e| Error::db(ctx("session setup"), e))?;
+    let result = walk(client, migration, spec, opts, progress).await;
+    // Always reset: the CLI goes on to run DDL on this session.
+    let reset = client
+        .batch_execute(&format!(
+            "DO $pgshift$ BEGIN
+               IF current_setting({REPLICA_FLAG}, true) = 'on' THEN RESET session_replication_role; END IF;
+             END $pgshift$;
+             RESET {COPIER_SETTING}; RESET {COPIER_REPLICA_SETTING}; RESET lock_timeout; RESET application_name",
+            REPLICA_FLAG = literal(COPIER_REPLICA_SETTING)
+        ))
+        .await
+        .map_err(|e| Error::db(ctx("session reset"), e));
+    let n = result?;
+    reset?;
+    Ok(n)
+}
+
+/// Set in the copier's session when it switched itself to a replica.
+const COPIER_REPLICA_SETTING: &str = "pgshift.copier_replica";
+
+/// The copier's writes touch only pgshift's own columns, so no trigger needs
+/// to see them: where the role may (a superuser, or `GRANT SET ON PARAMETER
+/// session_replication_role`), the session runs as a replica and no
+/// ordinary trigger fires, foreign key checks included. Those checks are
+/// not lost: every constraint on a backfilled column is added NOT VALID and
+/// validated over all rows at complete. Tables with `ENABLE REPLICA`
+/// triggers keep the normal mode, as those would fire only then.
+fn skip_triggers_sql(spec: &BackfillSpec) -> String {
+    format!(
+        "DO $pgshift$ BEGIN
+           IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = {}::regclass AND tgenabled = 'R') THEN
+             BEGIN
+               IF current_setting('session_replication_role') = 'origin' THEN
+                 PERFORM set_config('session_replication_role', 'replica', false);
+                 PERFORM set_config({flag}, 'on', false);
+               END IF;
+             EXCEPTION WHEN insufficient_privilege THEN NULL;
+             END;
+           END IF;
+         END $pgshift$",
+        literal(&qualified(&spec.schema, &spec.table)),
+        flag = literal(COPIER_REPLICA_SETTING)
+    )
+}
+
+async fn walk(
+    client: &Client,
+    migration: &str,
+    spec: &BackfillSpec,
+    opts: &BackfillOptions,
+    progress: &mut dyn Progress,
+) -> Result<u64> {
+    let ctx = |what: &str| format!("backfill of {}: {what}", spec.table);
     let q = queries(spec);
     let t = qualified(&spec.schema, &spec.table);
 
@@ -637,10 +691,6 @@ pub async fn run(
         )
         .await
         .map_err(|e| Error::db(ctx("recording completion"), e))?;
-    client
-        .batch_execute("RESET pgshift.copier; RESET lock_timeout; RESET application_name")
-        .await
-        .map_err(|e| Error::db(ctx("session reset"), e))?;
     progress.finish();
     Ok(updated_now)
 }

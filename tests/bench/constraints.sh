@@ -64,7 +64,7 @@ while not os.path.exists(stop):
     for pid in list(held):
         if pid not in pids:
             longest = max(longest, (now - held.pop(pid)) * 1000)
-    time.sleep(0.002)
+    time.sleep(0.005)
 now = time.monotonic()
 for t in held.values():
     longest = max(longest, (now - t) * 1000)
@@ -132,7 +132,7 @@ done, then the new one). The expand runs with the copier paused; with the trigge
 constraints in place, the copier is told \`max_p99_ms\` = 1.3x the median one-second request p99 the
 proxy then sees (${bp99} ms) and \`batch_target_ms\` = ${batch_ms}, and let go. "start s" runs from
 \`start\` to the end of the backfill. The
-longest ACCESS EXCLUSIVE lock on \`orders\` is sampled from \`pg_locks\` every ~2 ms (so holds shorter than
+longest ACCESS EXCLUSIVE lock on \`orders\` is sampled from \`pg_locks\` every ~5 ms (so holds shorter than
 that may show as 0).
 
 | rows | start s | complete s | longest ACCESS EXCLUSIVE ms | baseline p99 ms | p99 during ms | p99 ratio | transactions during |

@@ -156,3 +156,129 @@ async fn a_table_without_any_key_is_walked_by_page_even_across_a_rewrite() {
         format!("{left}|{left}")
     );
 }
+
+const FK_NOT_NULL: &str = "operations:
+  - alter_column:
+      table: orders
+      column: customer_id
+      nullable: false
+      references: {name: orders_customer_fk, table: customers, column: id}
+      up: coalesce(customer_id, 1)
+      down: customer_id
+";
+
+/// Orders whose user trigger counts every UPDATE in `touched` (like an
+/// `updated_at` trigger); `extra` runs after the setup.
+async fn orders_with_a_touch_trigger(c: &tokio_postgres::Client, extra: &str) {
+    c.batch_execute(&format!(
+        "CREATE TABLE customers (id int PRIMARY KEY);
+         INSERT INTO customers SELECT generate_series(1, 50);
+         CREATE TABLE orders (id int PRIMARY KEY, customer_id int, touched int NOT NULL DEFAULT 0);
+         INSERT INTO orders SELECT g, CASE WHEN g % 10 = 0 THEN NULL ELSE 1 + g % 50 END FROM generate_series(1, 3000) g;
+         CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN NEW.touched := OLD.touched + 1; RETURN NEW; END $$;
+         CREATE TRIGGER touch BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION touch();
+         {extra}"
+    ))
+    .await
+    .unwrap();
+}
+
+async fn fk_validated(c: &tokio_postgres::Client) -> String {
+    rows(
+        c,
+        "SELECT convalidated FROM pg_constraint WHERE conname = 'orders_customer_fk'",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_copier_fires_no_user_trigger_and_constraints_are_still_validated() {
+    let db = support::fresh_db("bf_notrig").await;
+    let c = db.client().await;
+    orders_with_a_touch_trigger(&c, "").await;
+    start_and_complete(&db, FK_NOT_NULL, "500").await;
+    // The copier ran as a replica session: the user's trigger saw none of
+    // its writes, and the foreign key it skipped was validated at complete.
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT sum(touched), count(*) FILTER (WHERE customer_id = 1) FROM orders"
+        )
+        .await,
+        "0|300"
+    );
+    assert_eq!(fk_validated(&c).await, "t");
+}
+
+#[tokio::test]
+async fn a_table_with_replica_triggers_is_backfilled_in_the_normal_mode() {
+    let db = support::fresh_db("bf_reptrig").await;
+    let c = db.client().await;
+    // A trigger that fires only in replica sessions must not start firing
+    // for the copier: the copier keeps the normal mode, so the ordinary
+    // trigger fires once per backfilled row and the replica one never.
+    orders_with_a_touch_trigger(
+        &c,
+        "CREATE TABLE replica_log (n int);
+         CREATE FUNCTION replica_log() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN INSERT INTO replica_log VALUES (1); RETURN NEW; END $$;
+         CREATE TRIGGER replica_log AFTER UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION replica_log();
+         ALTER TABLE orders ENABLE REPLICA TRIGGER replica_log;",
+    )
+    .await;
+    start_and_complete(&db, FK_NOT_NULL, "500").await;
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT sum(touched), (SELECT count(*) FROM replica_log), count(*) FILTER (WHERE customer_id = 1) FROM orders"
+        )
+        .await,
+        "3000|0|300"
+    );
+    assert_eq!(fk_validated(&c).await, "t");
+}
+
+#[tokio::test]
+async fn a_role_that_may_not_skip_triggers_still_backfills_every_row() {
+    let db = support::fresh_db("bf_nosuper").await;
+    let role = format!(
+        "owner_{}",
+        db.name.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    );
+    let admin = db.client().await;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN; GRANT CREATE ON DATABASE \"{}\" TO {role};
+             ALTER SCHEMA public OWNER TO {role}",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let owner_url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    let owner = support::connect(&owner_url).await;
+    orders_with_a_touch_trigger(&owner, "").await;
+    let as_owner = support::TestDb {
+        url: owner_url,
+        name: db.name.clone(),
+    };
+    start_and_complete(&as_owner, FK_NOT_NULL, "500").await;
+    // Not allowed to run as a replica: every trigger fired, foreign key
+    // checks included, and every row is filled all the same.
+    assert_eq!(
+        rows(
+            &owner,
+            "SELECT sum(touched), count(*) FILTER (WHERE customer_id = 1) FROM orders"
+        )
+        .await,
+        "3000|300"
+    );
+    assert_eq!(fk_validated(&owner).await, "t");
+    drop(owner);
+    admin
+        .batch_execute(&format!(
+            "ALTER SCHEMA public OWNER TO postgres; DROP OWNED BY {role}; DROP ROLE {role}"
+        ))
+        .await
+        .unwrap();
+}
