@@ -422,6 +422,8 @@ async fn throttle_loop(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>) {
     // Graded throttle on the application's p99: the copier rests this many
     // times each batch's duration; past MAX_SLOWDOWN it stops.
     let mut slowdown = 0.0;
+    // Since when the copier has been stopped by the p99 bound.
+    let mut stopped_since: Option<std::time::Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let (max_p99, max_lag) = live.bounds();
@@ -439,9 +441,8 @@ async fn throttle_loop(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>) {
             slowdown = next_slowdown(slowdown, p99, max_p99);
             let (p, b) = (p99.as_secs_f64() * 1000.0, max_p99.as_secs_f64() * 1000.0);
             if p99 > max_p99 && was >= MAX_SLOWDOWN {
-                reason = Some(format!(
-                    "proxy p99 latency {p:.2} ms above max_p99_ms {b:.2}"
-                ));
+                let since = *stopped_since.get_or_insert_with(std::time::Instant::now);
+                reason = Some(stopped_reason(p, b, since.elapsed()));
             } else if slowdown > 0.0 {
                 slow_reason = Some(format!(
                     "proxy p99 latency {p:.2} ms against max_p99_ms {b:.2}: copier rests {slowdown:.1}x each batch"
@@ -473,9 +474,29 @@ async fn throttle_loop(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>) {
                 }
             }
         }
+        if reason.is_none() {
+            stopped_since = None;
+        }
         live.control.set_slowdown(slowdown, slow_reason);
         live.control.set_throttle(reason);
     }
+}
+
+/// After this long stopped with the p99 still above its bound, the latency
+/// is the application's own, not the copier's: say so.
+const IDLE_BLAME: Duration = Duration::from_secs(30);
+
+/// Why the p99 bound stops the copier; after `IDLE_BLAME` the reason tells
+/// the operator that the bound sits under the application's own p99.
+fn stopped_reason(p99_ms: f64, bound_ms: f64, stopped: Duration) -> String {
+    let mut reason = format!("proxy p99 latency {p99_ms:.2} ms above max_p99_ms {bound_ms:.2}");
+    if stopped >= IDLE_BLAME {
+        reason.push_str(&format!(
+            " with the copier stopped for {} s: the bound is under the application's own p99; raise max_p99_ms",
+            stopped.as_secs()
+        ));
+    }
+    reason
 }
 
 fn options(cfg: &Config, control: &Arc<crate::backfill::Control>) -> Options {
@@ -612,4 +633,20 @@ pub async fn run(g: &crate::cli::GlobalOpts, args: &DaemonArgs) -> Result<()> {
         t.abort();
     }
     res.map_err(|e| Error::io("proxy", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_stop_blames_the_bound_not_the_copier() {
+        let short = stopped_reason(3.0, 2.0, Duration::from_secs(5));
+        assert_eq!(short, "proxy p99 latency 3.00 ms above max_p99_ms 2.00");
+        let long = stopped_reason(3.0, 2.0, Duration::from_secs(45));
+        assert!(
+            long.contains("copier stopped for 45 s") && long.contains("raise max_p99_ms"),
+            "{long}"
+        );
+    }
 }

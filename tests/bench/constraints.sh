@@ -7,7 +7,7 @@
 # The migration runs the way the daemon runs it: the workload goes through the
 # daemon's proxy, whose p99 throttles the daemon's copier.
 #   tests/bench/constraints.sh     (PGSHIFT_BENCH_ROWS=10000000, PGSHIFT_BENCH_RATE=300 tps,
-#                                   PGSHIFT_BENCH_BATCH_MS=2)
+#                                   PGSHIFT_BENCH_BATCH_MS=2, PGSHIFT_BENCH_BOUND_FACTOR=2)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin="$root/target/release/pgshift"
@@ -77,6 +77,7 @@ sampler=$!
 workload_bg 15 base; wl=$!
 wait "$wl"
 batch_ms=${PGSHIFT_BENCH_BATCH_MS:-2}
+factor=${PGSHIFT_BENCH_BOUND_FACTOR:-2}
 # The old application version writes while the daemon backfills; then the
 # new version, which lets complete go ahead.
 workload_bg 3600 during; wl=$!
@@ -84,12 +85,12 @@ sleep 2
 t0=$(date +%s.%N)
 # Expand with the copier paused: the dual-write trigger and the new NOT VALID
 # constraints make every write a little dearer, so the copier's latency bound
-# is taken with them in place (1.3x the median one-second request p99), then
+# is taken with them in place (PGSHIFT_BENCH_BOUND_FACTOR times the median one-second request p99), then
 # the copier is let go.
 "$bin" pause --postgres-url "$db" >/dev/null
 "$bin" start "$mig" --postgres-url "$db" --progress none 2>"$dir/start.log"
 sleep 2
-bp99=$(request_p99_bound)
+bp99=$(request_p99_bound "$factor")
 copier_settings "$bp99" "$batch_ms"
 "$bin" resume --postgres-url "$db" >/dev/null
 until [ "$(psql -X -tA "$db" -c "SELECT coalesce(bool_and(done), false) FROM pgshift.backfills")" = t ]; do sleep 1; done
@@ -105,16 +106,22 @@ kill -TERM "$wl_new" 2>/dev/null || true; wait "$wl_new" 2>/dev/null || true
 longest=$(cat "$dir/longest")
 bad=$(psql -X -tA "$db" -c "SELECT count(*) FROM orders o WHERE customer_id IS NULL OR NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = o.customer_id)")
 [ "$bad" = 0 ] || { echo "bench: $bad rows break the new constraints" >&2; exit 1; }
-PGSHIFT_ROOT="$root" python3 - "$dir" "$t0" "$t2" "$rows" "$longest" "$(echo "$t1 - $t0" | bc -l)" "$(echo "$t2 - $t1" | bc -l)" >"$dir/row.md" <<'PY'
+PGSHIFT_ROOT="$root" python3 - "$dir" "$t0" "$t1" "$t2" "$rows" "$longest" >"$dir/row.md" <<'PY'
 import os, sys
-d, t0, t2, rows, longest, start_s, complete_s = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6]), float(sys.argv[7])
+d, (t0, t1, t2), rows, longest = sys.argv[1], map(float, sys.argv[2:5]), int(sys.argv[5]), float(sys.argv[6])
 sys.path.insert(0, os.path.join(os.environ["PGSHIFT_ROOT"], "tests/bench"))
 from pgbench_log import load as load_in, pct
 def load(prefix):
     return load_in(d, prefix)
 base = [l for _, l in load("base")]
-during = [l for t, l in load("during") + load("during_new") if t0 <= t <= t2]
-print(f"| {rows:,} | {start_s:.1f} | {complete_s:.2f} | {longest:.1f} | {pct(base, .99):.2f} | {pct(during, .99):.2f} | {pct(during, .99) / pct(base, .99):.2f}x | {len(during)} |")
+every = load("during") + load("during_new")
+def window(a, b):
+    return [l for t, l in every if a <= t <= b]
+during, backfill, complete = window(t0, t2), window(t0, t1), window(t1, t2)
+b99 = pct(base, .99)
+print(f"| {rows:,} | {t1 - t0:.1f} | {rows / (t1 - t0):,.0f} | {t2 - t1:.2f} | {longest:.1f} | {b99:.2f} "
+      f"| {pct(backfill, .99):.2f} ({pct(backfill, .99) / b99:.2f}x) | {pct(complete, .99):.2f} ({pct(complete, .99) / b99:.2f}x) "
+      f"| {pct(during, .99):.2f} | {pct(during, .99) / b99:.2f}x | {len(during)} |")
 PY
 cat "$dir/row.md"
 section="$dir/section.md"
@@ -129,14 +136,14 @@ $(psql -X -tA "$url" -c "SHOW server_version"), one throwaway cluster (fsync off
 backfills) then \`complete\`, while a pgbench script inserts and updates orders at ${rate} tps from 2 clients
 through the daemon's proxy (every transaction logged; the old application version until the backfill is
 done, then the new one). The expand runs with the copier paused; with the trigger and the NOT VALID
-constraints in place, the copier is told \`max_p99_ms\` = 1.3x the median one-second request p99 the
+constraints in place, the copier is told \`max_p99_ms\` = ${factor}x the median one-second request p99 the
 proxy then sees (${bp99} ms) and \`batch_target_ms\` = ${batch_ms}, and let go. "start s" runs from
 \`start\` to the end of the backfill. The
 longest ACCESS EXCLUSIVE lock on \`orders\` is sampled from \`pg_locks\` every ~5 ms (so holds shorter than
 that may show as 0).
 
-| rows | start s | complete s | longest ACCESS EXCLUSIVE ms | baseline p99 ms | p99 during ms | p99 ratio | transactions during |
-|---:|---:|---:|---:|---:|---:|---:|---:|
+| rows | start s | rows/s | complete s | longest ACCESS EXCLUSIVE ms | baseline p99 ms | p99 during the backfill ms | p99 during complete ms | p99 during ms | p99 ratio | transactions during |
+|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 $(cat "$dir/row.md")
 <!-- constraints:end -->
 MD

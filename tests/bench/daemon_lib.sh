@@ -28,16 +28,16 @@ start_daemon() { # dbname
   done
 }
 
-# 1.3x the median of ten one-second p99s (ms) of the requests the proxy
-# served, read once a second; call it while the baseline workload runs.
-request_p99_bound() {
+# FACTOR (default 1.3) times the median of ten one-second p99s (ms) of the
+# requests the proxy served, read once a second; call it while the workload runs.
+request_p99_bound() { # [factor]
   python3 -c 'import statistics, sys, time, urllib.request
 samples = []
 for _ in range(10):
     m = urllib.request.urlopen(sys.argv[1]).read().decode()
     samples += [float(l.split()[-1]) for l in m.splitlines() if l.startswith("pgshift_proxy_p99_seconds")]
     time.sleep(1)
-print(f"{statistics.median(samples) * 1.3 * 1000:.2f}")' "http://127.0.0.1:$mport/metrics"
+print(f"{statistics.median(samples) * float(sys.argv[2]) * 1000:.2f}")' "http://127.0.0.1:$mport/metrics" "${1:-1.3}"
 }
 
 # Tell the copier its latency bound and batch target.
