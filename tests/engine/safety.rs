@@ -124,10 +124,7 @@ async fn lock_retries_are_bounded_and_name_the_blocking_session() {
 #[tokio::test]
 async fn row_level_security_applies_through_the_version_schema() {
     let db = support::fresh_db("rls").await;
-    let role = format!(
-        "tenant_{}",
-        db.name.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
-    );
+    let role = db.role_name("tenant");
     db.client()
         .await
         .batch_execute(&format!(

@@ -110,6 +110,14 @@ impl TestDb {
         connect(&self.url).await
     }
 
+    /// A role name unique to this test's database (roles are cluster-wide).
+    pub fn role_name(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}_{}",
+            self.name.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        )
+    }
+
     /// A client of the new version `migration` (what the proxy will set up).
     pub async fn new_side(&self, migration: &str) -> Client {
         let c = connect(&self.url).await;
