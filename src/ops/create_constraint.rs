@@ -68,21 +68,12 @@ pub async fn plan(op: &CreateConstraint, p: &mut Planner<'_>) -> Result<()> {
                             })
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let mut s = format!(
-                    "FOREIGN KEY ({list}) REFERENCES {} ({})",
+                format!(
+                    "FOREIGN KEY ({list}) REFERENCES {} ({}){}",
                     p.q(&target.physical),
-                    refs.join(", ")
-                );
-                if let Some(m) = r.match_type {
-                    s.push_str(&format!(" MATCH {}", m.sql()));
-                }
-                if let Some(a) = r.on_delete {
-                    s.push_str(&format!(" ON DELETE {}", a.sql()));
-                }
-                if let Some(a) = r.on_update {
-                    s.push_str(&format!(" ON UPDATE {}", a.sql()));
-                }
-                s
+                    refs.join(", "),
+                    super::fk_actions(r.match_type, r.on_delete, r.on_update)
+                )
             }
             ConstraintType::Exclude => {
                 return Err(p.err(

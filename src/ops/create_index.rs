@@ -5,7 +5,7 @@
 use super::check_ident;
 use crate::error::Result;
 use crate::migration::format::{CreateIndex, NullsOrder, SortOrder};
-use crate::plan::{Action, Planner, Step};
+use crate::plan::{Planner, Step};
 use crate::sql::{ident, rewrite_column_refs};
 
 /// Quote a possibly schema-qualified name such as an operator class.
@@ -85,16 +85,13 @@ pub fn plan(op: &CreateIndex, p: &mut Planner<'_>) -> Result<()> {
         }
         sql.push_str(&format!(" WHERE {pred}"));
     }
-    p.start.push(Step {
-        describe: format!("create index {}", op.name),
-        action: Action::CreateIndex {
-            sql,
-            schema: p.schema.clone(),
-            index: op.name.clone(),
-        },
-        lock_table: Some((p.schema.clone(), table.physical.clone())),
-        weak_lock: false,
-    });
+    let physical = table.physical.clone();
+    p.create_index(
+        format!("create index {}", op.name),
+        sql,
+        &op.name,
+        &physical,
+    );
     p.rollback.push(Step::non_transactional(
         format!("drop index {}", op.name),
         format!("DROP INDEX CONCURRENTLY IF EXISTS {}", p.q(&op.name)),

@@ -19,7 +19,9 @@ mod rename_table;
 mod set_replica_identity;
 
 use crate::error::Result;
-use crate::migration::format::{AlterColumn, CheckConstraint, Column, ForeignKeyReference};
+use crate::migration::format::{
+    AlterColumn, CheckConstraint, Column, FkAction, ForeignKeyReference, MatchType,
+};
 use crate::migration::Operation;
 use crate::plan::preflight::Rule;
 use crate::plan::{Planner, PREFIX};
@@ -205,18 +207,33 @@ pub fn new_column_constraints(
     Ok(())
 }
 
-pub fn fk_clause(p: &Planner<'_>, field: &str, r: &ForeignKeyReference) -> Result<String> {
-    let (target, column) = fk_target(p, field, r)?;
-    let mut s = format!("REFERENCES {target} ({})", ident(&column));
-    if let Some(m) = r.match_type {
+/// The ` MATCH ... ON DELETE ... ON UPDATE ...` tail of a foreign key (empty
+/// when none is given), shared by column references and `create_constraint`.
+pub fn fk_actions(
+    match_type: Option<MatchType>,
+    on_delete: Option<FkAction>,
+    on_update: Option<FkAction>,
+) -> String {
+    let mut s = String::new();
+    if let Some(m) = match_type {
         s.push_str(&format!(" MATCH {}", m.sql()));
     }
-    if let Some(a) = r.on_delete {
+    if let Some(a) = on_delete {
         s.push_str(&format!(" ON DELETE {}", a.sql()));
     }
-    if let Some(a) = r.on_update {
+    if let Some(a) = on_update {
         s.push_str(&format!(" ON UPDATE {}", a.sql()));
     }
+    s
+}
+
+pub fn fk_clause(p: &Planner<'_>, field: &str, r: &ForeignKeyReference) -> Result<String> {
+    let (target, column) = fk_target(p, field, r)?;
+    let mut s = format!(
+        "REFERENCES {target} ({}){}",
+        ident(&column),
+        fk_actions(r.match_type, r.on_delete, r.on_update)
+    );
     if r.deferrable {
         s.push_str(" DEFERRABLE");
         if r.initially_deferred {

@@ -347,6 +347,22 @@ impl<'a> Planner<'a> {
     /// A UNIQUE or PRIMARY KEY constraint through a concurrent unique index
     /// (see [`Planner::unique_via_index`]). A primary key's columns must be
     /// NOT NULL by then ([`Planner::not_null_via_check`], planned first), or
+    /// A start step that builds `index` on `table` with `sql` (a
+    /// `CREATE INDEX CONCURRENTLY`: outside a transaction, an INVALID
+    /// leftover of a failed build is dropped and the build retried).
+    pub fn create_index(&mut self, describe: String, sql: String, index: &str, table: &str) {
+        self.start.push(Step {
+            describe,
+            action: Action::CreateIndex {
+                sql,
+                schema: self.schema.clone(),
+                index: index.to_string(),
+            },
+            lock_table: Some((self.schema.clone(), table.to_string())),
+            weak_lock: false,
+        });
+    }
+
     /// attaching it would scan the table under its lock.
     pub fn key_via_index(
         &mut self,
@@ -363,19 +379,15 @@ impl<'a> Planner<'a> {
             .map(|c| ident(c))
             .collect::<Vec<_>>()
             .join(", ");
-        self.start.push(Step {
+        self.create_index(
             describe,
-            action: Action::CreateIndex {
-                sql: format!(
-                    "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {} ON {t} ({cols})",
-                    ident(index)
-                ),
-                schema: self.schema.clone(),
-                index: index.to_string(),
-            },
-            lock_table: Some((self.schema.clone(), table.to_string())),
-            weak_lock: false,
-        });
+            format!(
+                "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {} ON {t} ({cols})",
+                ident(index)
+            ),
+            index,
+            table,
+        );
         self.cutover_post.push((
             table.to_string(),
             format!(
@@ -613,16 +625,12 @@ fn copy_indexes(p: &mut Planner<'_>) {
             if let Some(w) = pred {
                 sql.push_str(&format!(" WHERE {w}"));
             }
-            p.start.push(Step {
-                describe: format!("copy index {} onto the new columns", idx.name),
-                action: Action::CreateIndex {
-                    sql,
-                    schema: p.schema.clone(),
-                    index: copy.clone(),
-                },
-                lock_table: Some((p.schema.clone(), tbl.clone())),
-                weak_lock: false,
-            });
+            p.create_index(
+                format!("copy index {} onto the new columns", idx.name),
+                sql,
+                &copy,
+                &tbl,
+            );
             let attach = match &idx.constraint {
                 Some(con) => format!(
                     "ALTER TABLE {t} ADD CONSTRAINT {} UNIQUE USING INDEX {}",

@@ -255,21 +255,9 @@ async fn old_and_new_clients_see_no_failure_through_a_whole_migration() {
     let dir = support::temp_dir("d-zero");
     let f = support::write_migration(&dir, "m1", MIGRATION);
     let fs = f.to_str().unwrap().to_string();
-    let url = db.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_pgshift"))
-            .args(["start", &fs, "--wait", "--progress", "none"])
-            .env("PGSHIFT_POSTGRES_URL", &url)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    db.pgshift_async(&["start", &fs, "--wait", "--progress", "none"])
+        .await
+        .ok();
     let new_url = d.url(
         &db.name,
         "?application_name=new-app&options=-c%20pgshift.version%3Dm1",
@@ -302,21 +290,9 @@ async fn old_and_new_clients_see_no_failure_through_a_whole_migration() {
         assert!(failed.is_empty(), "old-version failures: {failed:?}");
         total += n;
     }
-    let url = db.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_pgshift"))
-            .args(["complete", "--drain-timeout", "5"])
-            .env("PGSHIFT_POSTGRES_URL", &url)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    db.pgshift_async(&["complete", "--drain-timeout", "5"])
+        .await
+        .ok();
     // The new version keeps working after complete.
     let before = rows(&c, "SELECT count(*) FROM users").await;
     until("new clients to write after complete", || async {

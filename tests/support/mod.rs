@@ -134,6 +134,21 @@ impl TestDb {
         self.pgshift_env(args, &[])
     }
 
+    /// `pgshift` on a blocking thread, for async tests whose other tasks
+    /// (client loops, a daemon) must keep running meanwhile.
+    pub async fn pgshift_async(&self, args: &[&str]) -> Output {
+        let db = TestDb {
+            url: self.url.clone(),
+            name: self.name.clone(),
+        };
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            db.pgshift(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .await
+        .unwrap()
+    }
+
     pub fn pgshift_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgshift"));
         cmd.args(args)
