@@ -38,6 +38,9 @@ pub struct Control {
     /// backfill started with.
     sizing: std::sync::Mutex<Option<(Duration, Option<u64>)>>,
     changed: tokio::sync::Notify,
+    /// The kind of the last wait logged at info: a latency throttle that
+    /// stops the copier many times a minute logs once, then at debug.
+    logged: std::sync::Mutex<Option<&'static str>>,
 }
 
 impl Control {
@@ -125,6 +128,7 @@ impl Control {
     /// Wait while paused or throttled.
     async fn wait(&self) {
         let gauge = metrics::gauge!("pgshift_backfill_throttled");
+        let mut logged: Option<String> = None;
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -148,7 +152,16 @@ impl Control {
                 return;
             };
             gauge.set(1.0);
-            tracing::info!("copier waiting: {reason}");
+            if logged.as_ref() != Some(&reason) {
+                let mut last = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+                if *last == kind {
+                    tracing::debug!("copier waiting: {reason}");
+                } else {
+                    tracing::info!("copier waiting: {reason}");
+                    *last = kind;
+                }
+                logged = Some(reason);
+            }
             // Re-check at least every second (a throttle can lapse silently).
             let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
         }

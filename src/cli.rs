@@ -87,7 +87,7 @@ pub enum Command {
     /// Let the daemon's copier go on.
     Resume,
     /// Change a live copier setting (rate_limit, batch_target_ms, batch_size,
-    /// max_p99_ms, max_replica_lag_ms, paused).
+    /// max_p99_ms, max_p99_ratio, max_replica_lag_ms, paused).
     Set { key: String, value: String },
     /// Show the migration state.
     Status {

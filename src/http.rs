@@ -122,7 +122,12 @@ fn describe() {
     describe_gauge!(
         "pgshift_proxy_p99_seconds",
         Unit::Seconds,
-        "p99 of proxy requests over the last 5 s (throttle input)"
+        "p99 of proxy requests over the last second (throttle input)"
+    );
+    describe_gauge!(
+        "pgshift_proxy_own_p99_seconds",
+        Unit::Seconds,
+        "the application's own p99, measured with the copier resting (max_p99_ratio)"
     );
     describe_gauge!(
         "pgshift_replica_lag_seconds",
@@ -131,7 +136,8 @@ fn describe() {
     );
 }
 
-/// Install the Prometheus recorder (real histograms for `*_seconds`).
+/// Install the Prometheus recorder (real histograms for `*_seconds`) and
+/// its upkeep task. Call from within the runtime.
 pub fn install_recorder() -> Result<PrometheusHandle> {
     let buckets = [
         0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -143,6 +149,16 @@ pub fn install_recorder() -> Result<PrometheusHandle> {
         .map_err(|e| Error::config(format!("metrics: {e}")))?;
     describe();
     metrics::gauge!("pgshift_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    // Histogram samples pile up until drained: without this, a daemon nobody
+    // scrapes would keep one sample of every query it proxied.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     Ok(handle)
 }
 

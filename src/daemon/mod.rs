@@ -8,6 +8,7 @@
 //! its connection and another daemon takes over from the persisted mark.
 
 pub mod config;
+mod throttle;
 
 use crate::engine::state::{self, CHANNEL};
 use crate::engine::{Engine, Options};
@@ -46,8 +47,8 @@ struct Live {
     config: Mutex<Config>,
     /// Pause, throttle and rate limit of the copier.
     control: Arc<crate::backfill::Control>,
-    /// Throttle bounds (`max_p99_ms`, `max_replica_lag_ms`; zero: none).
-    bounds: Mutex<(Duration, Duration)>,
+    /// The throttle's bounds.
+    bounds: Mutex<throttle::Bounds>,
 }
 
 impl Live {
@@ -58,7 +59,7 @@ impl Live {
             .clone()
     }
 
-    fn bounds(&self) -> (Duration, Duration) {
+    fn bounds(&self) -> throttle::Bounds {
         *self.bounds.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -68,17 +69,18 @@ impl Live {
         self.control
             .set_paused(settings.get("paused").is_some_and(|v| v == "true"));
         self.control.set_rate_limit(num("rate_limit").unwrap_or(0));
-        *self.bounds.lock().unwrap_or_else(|p| p.into_inner()) = (
-            Duration::from_secs_f64(
-                settings
-                    .get("max_p99_ms")
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .filter(|v| v.is_finite() && *v >= 0.0)
-                    .unwrap_or(0.0)
-                    / 1000.0,
-            ),
-            Duration::from_millis(num("max_replica_lag_ms").unwrap_or(0)),
-        );
+        let float = |k: &str| {
+            settings
+                .get(k)
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .unwrap_or(0.0)
+        };
+        *self.bounds.lock().unwrap_or_else(|p| p.into_inner()) = throttle::Bounds {
+            max_p99: Duration::from_secs_f64(float("max_p99_ms") / 1000.0),
+            max_lag: Duration::from_millis(num("max_replica_lag_ms").unwrap_or(0)),
+            p99_ratio: float("max_p99_ratio"),
+        };
         let mut c = self.config.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ms) = num("batch_target_ms").filter(|v| *v > 0) {
             c.backfill.target = Duration::from_millis(ms);
@@ -414,91 +416,6 @@ async fn phase_metric(client: &Client, schema: &str, proxy: &pgshift_proxy::Prox
     Ok(())
 }
 
-/// Throttle the copier while the proxy's recent p99 or a replica's replay
-/// lag is above its bound.
-async fn throttle_loop(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>) {
-    use crate::backfill::{next_slowdown, MAX_SLOWDOWN};
-    let mut lag_client: Option<Client> = None;
-    // Graded throttle on the application's p99: the copier rests this many
-    // times each batch's duration; past MAX_SLOWDOWN it stops.
-    let mut slowdown = 0.0;
-    // Since when the copier has been stopped by the p99 bound.
-    let mut stopped_since: Option<std::time::Instant> = None;
-    loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let (max_p99, max_lag) = live.bounds();
-        let mut reason = None;
-        let mut slow_reason = None;
-        if max_p99.is_zero() {
-            slowdown = 0.0;
-        } else if let Some((p99, _)) = proxy
-            .latency
-            .p99(Duration::from_secs(1))
-            .filter(|(_, n)| *n >= 20)
-        {
-            metrics::gauge!("pgshift_proxy_p99_seconds").set(p99.as_secs_f64());
-            let was = slowdown;
-            slowdown = next_slowdown(slowdown, p99, max_p99);
-            let (p, b) = (p99.as_secs_f64() * 1000.0, max_p99.as_secs_f64() * 1000.0);
-            if p99 > max_p99 && was >= MAX_SLOWDOWN {
-                let since = *stopped_since.get_or_insert_with(std::time::Instant::now);
-                reason = Some(stopped_reason(p, b, since.elapsed()));
-            } else if slowdown > 0.0 {
-                slow_reason = Some(format!(
-                    "proxy p99 latency {p:.2} ms against max_p99_ms {b:.2}: copier rests {slowdown:.1}x each batch"
-                ));
-            }
-        } else {
-            // (Almost) no traffic: nobody to protect, let the copier speed up.
-            slowdown = next_slowdown(slowdown, Duration::ZERO, max_p99);
-        }
-        if reason.is_none() && !max_lag.is_zero() {
-            if lag_client.as_ref().is_none_or(|c| c.is_closed()) {
-                lag_client = crate::engine::connect(&live.get().postgres_url).await.ok();
-            }
-            if let Some(c) = &lag_client {
-                let lag: Option<f64> = c
-                    .query_one("SELECT max(extract(epoch FROM replay_lag))::float8 FROM pg_stat_replication", &[])
-                    .await
-                    .ok()
-                    .and_then(|r| r.get(0));
-                if let Some(lag) = lag {
-                    metrics::gauge!("pgshift_replica_lag_seconds").set(lag);
-                    if lag * 1000.0 > max_lag.as_millis() as f64 {
-                        reason = Some(format!(
-                            "replica replay lag {:.0} ms above max_replica_lag_ms {}",
-                            lag * 1000.0,
-                            max_lag.as_millis()
-                        ));
-                    }
-                }
-            }
-        }
-        if reason.is_none() {
-            stopped_since = None;
-        }
-        live.control.set_slowdown(slowdown, slow_reason);
-        live.control.set_throttle(reason);
-    }
-}
-
-/// After this long stopped with the p99 still above its bound, the latency
-/// is the application's own, not the copier's: say so.
-const IDLE_BLAME: Duration = Duration::from_secs(30);
-
-/// Why the p99 bound stops the copier; after `IDLE_BLAME` the reason tells
-/// the operator that the bound sits under the application's own p99.
-fn stopped_reason(p99_ms: f64, bound_ms: f64, stopped: Duration) -> String {
-    let mut reason = format!("proxy p99 latency {p99_ms:.2} ms above max_p99_ms {bound_ms:.2}");
-    if stopped >= IDLE_BLAME {
-        reason.push_str(&format!(
-            " with the copier stopped for {} s: the bound is under the application's own p99; raise max_p99_ms",
-            stopped.as_secs()
-        ));
-    }
-    reason
-}
-
 fn options(cfg: &Config, control: &Arc<crate::backfill::Control>) -> Options {
     let mut backfill = cfg.backfill.clone();
     backfill.control = Some(control.clone());
@@ -592,7 +509,7 @@ pub async fn run(g: &crate::cli::GlobalOpts, args: &DaemonArgs) -> Result<()> {
     let live = Arc::new(Live {
         config: Mutex::new(cfg),
         control: Arc::new(crate::backfill::Control::default()),
-        bounds: Mutex::new((Duration::ZERO, Duration::ZERO)),
+        bounds: Mutex::new(throttle::Bounds::default()),
     });
     if let Some(addr) = admin_listen {
         let cfg = live.get();
@@ -620,7 +537,7 @@ pub async fn run(g: &crate::cli::GlobalOpts, args: &DaemonArgs) -> Result<()> {
             local.to_string(),
         )),
         tokio::spawn(copier_loop(live.clone())),
-        tokio::spawn(throttle_loop(live.clone(), proxy.clone())),
+        tokio::spawn(throttle::run(live.clone(), proxy.clone())),
         tokio::spawn(reload_loop(
             live.clone(),
             args.config.clone(),
@@ -633,20 +550,4 @@ pub async fn run(g: &crate::cli::GlobalOpts, args: &DaemonArgs) -> Result<()> {
         t.abort();
     }
     res.map_err(|e| Error::io("proxy", e))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_long_stop_blames_the_bound_not_the_copier() {
-        let short = stopped_reason(3.0, 2.0, Duration::from_secs(5));
-        assert_eq!(short, "proxy p99 latency 3.00 ms above max_p99_ms 2.00");
-        let long = stopped_reason(3.0, 2.0, Duration::from_secs(45));
-        assert!(
-            long.contains("copier stopped for 45 s") && long.contains("raise max_p99_ms"),
-            "{long}"
-        );
-    }
 }

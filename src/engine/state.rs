@@ -227,6 +227,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "throttle while the proxy's p99 request latency is above this, 0 for none",
     ),
     (
+        "max_p99_ratio",
+        "throttle while the proxy's p99 is above this many times the application's own p99 (over 1), 0 for none",
+    ),
+    (
         "max_replica_lag_ms",
         "throttle while a replica's replay lag is above this, 0 for none",
     ),
@@ -250,6 +254,9 @@ pub fn check_setting(key: &str, value: &str) -> Result<()> {
         "max_p99_ms" => value
             .parse::<f64>()
             .is_ok_and(|v| v.is_finite() && v >= 0.0),
+        "max_p99_ratio" => value
+            .parse::<f64>()
+            .is_ok_and(|v| v.is_finite() && (v == 0.0 || v > 1.0)),
         _ => value.parse::<u64>().is_ok(),
     };
     if ok {

@@ -3,7 +3,7 @@
 # clients, direct to Postgres, through pgshift and through PgBouncer (session
 # mode), side by side in one run; then the proxies' memory with 500 idle
 # sessions. Writes the "proxy" section of docs/benchmarks.md.
-#   tests/bench/proxy.sh            (PGSHIFT_BENCH_SECONDS=20 per run)
+#   tests/bench/proxy.sh            (PGSHIFT_BENCH_SECONDS=20 per run, PGSHIFT_BENCH_ROUNDS=2)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin="$root/target/release/pgshift"
@@ -66,19 +66,28 @@ run_pgbench() { # port mode clients -> "tps latency_ms"
     awk '/^latency average/ {lat=$4} /^tps = / {tps=$3} END {print tps, lat}'
 }
 rows=""
-declare -A lat1
+# Each row runs ROUNDS rounds; odd rounds go direct, pgshift, PgBouncer and
+# even rounds the other way, so drift over the run (the write workload's
+# tables grow) favours nobody. Figures are the means over the rounds.
+rounds=${PGSHIFT_BENCH_ROUNDS:-2}
 for mode in S N; do
   for c in "${clients[@]}"; do
-    read -r dt dl < <(run_pgbench "$pgport" "$mode" "$c")
-    read -r pt pl < <(run_pgbench "$pxport" "$mode" "$c")
-    read -r bt bl < <(run_pgbench "$bport" "$mode" "$c")
-    row=$(python3 - "$mode" "$c" "$dt" "$dl" "$pt" "$pl" "$bt" "$bl" <<'PY'
+    declare -A tps=([d]="" [p]="" [b]="") lat=([d]="" [p]="" [b]="")
+    for r in $(seq "$rounds"); do
+      order=("$pgport:d" "$pxport:p" "$bport:b")
+      (( r % 2 == 0 )) && order=("$bport:b" "$pxport:p" "$pgport:d")
+      for e in "${order[@]}"; do
+        read -r t l < <(run_pgbench "${e%%:*}" "$mode" "$c")
+        tps[${e##*:}]+="$t,"; lat[${e##*:}]+="$l,"
+      done
+    done
+    row=$(python3 - "$mode" "$c" "${tps[d]}" "${lat[d]}" "${tps[p]}" "${lat[p]}" "${tps[b]}" "${lat[b]}" <<'PY2'
 import sys
 mode, c = sys.argv[1], int(sys.argv[2])
-dt, dl, pt, pl, bt, bl = map(float, sys.argv[3:])
+dt, dl, pt, pl, bt, bl = (sum(map(float, a.strip(",").split(","))) / len(a.strip(",").split(",")) for a in sys.argv[3:])
 name = "select-only (-S)" if mode == "S" else "write (-N)"
 print(f"| {name} | {c} | {dt:,.0f} | {pt:,.0f} | {bt:,.0f} | {100*pt/dt:.0f}% | {100*pt/bt:.0f}% | {dl*1000:.0f} | {pl*1000:.0f} | {bl*1000:.0f} | {(pl-dl)*1000:+.0f} |")
-PY
+PY2
 )
     echo "$row"; rows+="$row"$'\n'
   done
@@ -136,7 +145,8 @@ cat >"$section" <<MD
 Produced by \`make bench\` (\`tests/bench/proxy.sh\`) on $(date -u +%Y-%m-%d), $(nproc) cores, PostgreSQL
 $(psql -X -tA "$url" -c "SHOW server_version"), $(pgbouncer --version 2>/dev/null | head -1), one throwaway cluster
 (fsync off). pgbench scale 10, simple protocol, ${secs} s per run, \`-j 2\` from 8 clients; direct, pgshift
-(\`--workers 0\`: one thread, like PgBouncer) and PgBouncer (session mode) run back to back for each row.
+(\`--workers 0\`: one thread, like PgBouncer) and PgBouncer (session mode) run back to back for each row, in
+${rounds} rounds (odd rounds in that order, even rounds reversed, so drift favours none); figures are the means.
 Clients use loopback TCP to all three; both proxies reach Postgres over its Unix socket. Everything (pgbench, Postgres, the proxy)
 shares the same 2 cores, so a proxy's CPU is taken from Postgres: the ratios are the point.
 

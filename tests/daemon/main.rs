@@ -487,6 +487,71 @@ async fn pause_holds_the_copier_and_resume_lets_it_finish() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relative_latency_bound_rests_the_copier_to_measure_the_applications_own_p99() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let db = support::fresh_db("d_ratio").await;
+    let c = db.client().await;
+    c.batch_execute(SETUP).await.unwrap();
+    let d = Daemon::start(&db, "[backfill]\nbatch_size = 500\n").await;
+    d.ready().await;
+    let bad = db.pgshift(&["set", "max_p99_ratio", "0.8"]);
+    bad.failed();
+    assert!(
+        bad.stderr
+            .contains("setting max_p99_ratio: \"0.8\" is not valid"),
+        "{}",
+        bad.stderr
+    );
+    db.pgshift(&["set", "max_p99_ratio", "1.5"]).ok();
+    // Traffic through the proxy for the probes to measure.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = tokio::spawn(client_loop(
+        d.url(&db.name, ""),
+        stop.clone(),
+        false,
+        100_000,
+    ));
+    until("a probe with the copier resting", || async {
+        rows(
+            &c,
+            "SELECT coalesce(string_agg(throttle, ''), '') FROM pgshift.daemons WHERE updated_at > now() - interval '5 seconds'",
+        )
+        .await
+        .starts_with("resting for a few seconds to measure the application's own p99")
+    })
+    .await;
+    until("the application's own p99 in the metrics", || async {
+        d.http("/metrics").await.lines().any(|l| {
+            l.strip_prefix("pgshift_proxy_own_p99_seconds ")
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .is_some_and(|v| v > 0.0)
+        })
+    })
+    .await;
+    // Between probes the copier works: a whole backfill finishes under load.
+    let dir = support::temp_dir("d-ratio");
+    let f = support::write_migration(&dir, "m1", MIGRATION);
+    db.pgshift(&["start", f.to_str().unwrap()]).ok();
+    until("the backfill to finish", || async {
+        rows(&c, "SELECT phase FROM pgshift.migrations").await == "active"
+    })
+    .await;
+    stop.store(true, Ordering::Release);
+    let (ok, failed) = traffic.await.unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(ok > 0);
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT count(*) FROM users WHERE _pgshift_new_score IS NULL"
+        )
+        .await,
+        "0"
+    );
+}
+
 async fn admin(port: u16, sql: &str) -> (bool, String, String) {
     let out = tokio::process::Command::new("psql")
         .args([
