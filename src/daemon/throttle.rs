@@ -81,6 +81,11 @@ impl Baseline {
         }
     }
 
+    /// True while a probe rests the copier.
+    pub fn probing(&self) -> bool {
+        self.probing_since.is_some()
+    }
+
     /// The median of the recent probes; `None` before the first.
     pub fn own_p99(&self) -> Option<Duration> {
         let mut v: Vec<Duration> = self.samples.iter().copied().collect();
@@ -128,7 +133,21 @@ pub(super) async fn run(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>) {
         let bounds = live.bounds();
         if bounds.p99_ratio > 0.0 {
             let b = baseline.get_or_insert_with(|| Baseline::new(Instant::now()));
-            if b.tick(Instant::now(), |w| proxy.latency.p99(w)) {
+            let was = b.probing();
+            let probing = b.tick(Instant::now(), |w| proxy.latency.p99(w));
+            if probing && !was {
+                tracing::debug!("copier resting to measure the application's own p99");
+            } else if was && !probing {
+                match b.own_p99() {
+                    Some(own) => tracing::info!(
+                        "application's own p99 {:.2} ms (median of recent probes): latency bound {:.2} ms",
+                        ms(own),
+                        ms(own.mul_f64(bounds.p99_ratio))
+                    ),
+                    None => tracing::debug!("too few requests to measure the application's own p99"),
+                }
+            }
+            if probing {
                 live.control.set_throttle(Some(
                     "resting for a few seconds to measure the application's own p99 (max_p99_ratio)"
                         .into(),
