@@ -60,11 +60,15 @@ for p in "$pgport" "$pxport" "$bport"; do
   for _ in $(seq 100); do psql -X -q -h 127.0.0.1 -p "$p" -U postgres bench -c "SELECT 1" >/dev/null 2>&1 && break; sleep 0.1; done
 done
 
-run_pgbench() { # port mode clients -> "tps latency_ms"
+run_pgbench() { # port mode clients -> "tps latency_ms transactions"
   local j=$(( $3 < 2 ? 1 : 2 ))
   "$pgbench" -h 127.0.0.1 -p "$1" -U postgres -n "-$2" -c "$3" -j "$j" -T "$secs" bench 2>/dev/null |
-    awk '/^latency average/ {lat=$4} /^tps = / {tps=$3} END {print tps, lat}'
+    awk '/^latency average/ {lat=$4} /^tps = / {tps=$3} /^number of transactions actually processed/ {split($NF, n, "/"); tx=n[1]} END {print tps, lat, tx}'
 }
+# CPU time (user + system, clock ticks) a process has used.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+bouncer_pid=$(pgrep -f "^pgbouncer -q $dir/pgbouncer.ini" | head -1)
 rows=""
 # Each row runs ROUNDS rounds; odd rounds go direct, pgshift, PgBouncer and
 # even rounds the other way, so drift over the run (the write workload's
@@ -72,21 +76,26 @@ rows=""
 rounds=${PGSHIFT_BENCH_ROUNDS:-2}
 for mode in S N; do
   for c in "${clients[@]}"; do
-    declare -A tps=([d]="" [p]="" [b]="") lat=([d]="" [p]="" [b]="")
+    declare -A tps=([d]="" [p]="" [b]="") lat=([d]="" [p]="" [b]="") cpu=([d]="0," [p]="" [b]="")
+    declare -A pid_of=([d]="" [p]="$pxpid" [b]="$bouncer_pid")
     for r in $(seq "$rounds"); do
       order=("$pgport:d" "$pxport:p" "$bport:b")
       (( r % 2 == 0 )) && order=("$bport:b" "$pxport:p" "$pgport:d")
       for e in "${order[@]}"; do
-        read -r t l < <(run_pgbench "${e%%:*}" "$mode" "$c")
-        tps[${e##*:}]+="$t,"; lat[${e##*:}]+="$l,"
+        k=${e##*:}; pid=${pid_of[$k]}
+        [ -n "$pid" ] && c0=$(ticks "$pid")
+        read -r t l n < <(run_pgbench "${e%%:*}" "$mode" "$c")
+        tps[$k]+="$t,"; lat[$k]+="$l,"
+        # The proxy's CPU per transaction, in microseconds.
+        [ -n "$pid" ] && cpu[$k]+="$(( ($(ticks "$pid") - c0) * 1000000 / hz / n )),"
       done
     done
-    row=$(python3 - "$mode" "$c" "${tps[d]}" "${lat[d]}" "${tps[p]}" "${lat[p]}" "${tps[b]}" "${lat[b]}" <<'PY2'
+    row=$(python3 - "$mode" "$c" "${tps[d]}" "${lat[d]}" "${tps[p]}" "${lat[p]}" "${tps[b]}" "${lat[b]}" "${cpu[p]}" "${cpu[b]}" <<'PY2'
 import sys
 mode, c = sys.argv[1], int(sys.argv[2])
-dt, dl, pt, pl, bt, bl = (sum(map(float, a.strip(",").split(","))) / len(a.strip(",").split(",")) for a in sys.argv[3:])
+dt, dl, pt, pl, bt, bl, pc, bc = (sum(map(float, a.strip(",").split(","))) / len(a.strip(",").split(",")) for a in sys.argv[3:])
 name = "select-only (-S)" if mode == "S" else "write (-N)"
-print(f"| {name} | {c} | {dt:,.0f} | {pt:,.0f} | {bt:,.0f} | {100*pt/dt:.0f}% | {100*pt/bt:.0f}% | {dl*1000:.0f} | {pl*1000:.0f} | {bl*1000:.0f} | {(pl-dl)*1000:+.0f} |")
+print(f"| {name} | {c} | {dt:,.0f} | {pt:,.0f} | {bt:,.0f} | {100*pt/dt:.0f}% | {100*pt/bt:.0f}% | {dl*1000:.0f} | {pl*1000:.0f} | {bl*1000:.0f} | {(pl-dl)*1000:+.0f} | {pc:.1f} | {bc:.1f} |")
 PY2
 )
     echo "$row"; rows+="$row"$'\n'
@@ -132,7 +141,6 @@ print(before, rss())
 PY
 }
 read -r px_before px_after < <(idle_rss "$pxport" "$pxpid")
-bouncer_pid=$(pgrep -f "^pgbouncer -q $dir/pgbouncer.ini" | head -1)
 read -r b_before b_after < <(idle_rss "$bport" "$bouncer_pid")
 mem=$(python3 -c "print(f'| pgshift | {$px_before/1024:.1f} | {$px_after/1024:.1f} | {($px_after-$px_before)/$idle_sessions:.1f} |'); print(f'| PgBouncer | {$b_before/1024:.1f} | {$b_after/1024:.1f} | {($b_after-$b_before)/$idle_sessions:.1f} |')")
 echo "$mem"
@@ -148,10 +156,12 @@ $(psql -X -tA "$url" -c "SHOW server_version"), $(pgbouncer --version 2>/dev/nul
 (\`--workers 0\`: one thread, like PgBouncer) and PgBouncer (session mode) run back to back for each row, in
 ${rounds} rounds (odd rounds in that order, even rounds reversed, so drift favours none); figures are the means.
 Clients use loopback TCP to all three; both proxies reach Postgres over its Unix socket. Everything (pgbench, Postgres, the proxy)
-shares the same 2 cores, so a proxy's CPU is taken from Postgres: the ratios are the point.
+shares the same 2 cores, so a proxy's CPU is taken from Postgres: the ratios are the point. The last two
+columns are each proxy's own CPU time (user + system, from \`/proc\`) per transaction: the work a proxy
+does, which the TPS of a shared, noisy machine shows only through its neighbours.
 
-| workload | clients | direct TPS | pgshift TPS | PgBouncer TPS | pgshift vs direct | pgshift vs PgBouncer | direct latency µs | pgshift latency µs | PgBouncer latency µs | pgshift added µs |
-|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| workload | clients | direct TPS | pgshift TPS | PgBouncer TPS | pgshift vs direct | pgshift vs PgBouncer | direct latency µs | pgshift latency µs | PgBouncer latency µs | pgshift added µs | pgshift CPU µs per transaction | PgBouncer CPU µs per transaction |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 ${rows}
 Memory with ${idle_sessions} idle sessions open through each proxy (resident set, MiB; the last column is KiB per session):
 
