@@ -7,6 +7,7 @@ pub mod codec;
 pub mod config;
 pub mod gate;
 pub mod latency;
+mod lean;
 pub mod registry;
 pub mod routing;
 mod server;

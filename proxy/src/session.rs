@@ -48,8 +48,16 @@ pub(crate) async fn handle(
     shutdown: watch::Receiver<Phase>,
 ) {
     let _ = tcp.set_nodelay(true);
+    let client = match Stream::tcp(tcp) {
+        Ok(c) => c,
+        Err(e) => {
+            proxy_error("io");
+            tracing::debug!("cannot register a client socket: {e}");
+            return;
+        }
+    };
     let mut leftover = Vec::new();
-    let (mut client, result) = match negotiate(&proxy, Stream::Tcp(tcp), &mut leftover).await {
+    let (mut client, result) = match negotiate(&proxy, client, &mut leftover).await {
         Negotiated::Startup(mut client, startup) => {
             let r = serve(&proxy, &mut client, startup, leftover, peer, shutdown).await;
             (client, r)

@@ -1,19 +1,34 @@
 //! One stream type for every leg: plain TCP, a Unix socket (towards
 //! Postgres), or TLS on either side.
 
+use crate::lean::Lean;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpStream, UnixStream};
+
+pub type LeanTcp = Lean<std::net::TcpStream>;
+pub type LeanUnix = Lean<std::os::unix::net::UnixStream>;
 
 pub enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
+    Tcp(LeanTcp),
+    Unix(LeanUnix),
     /// TLS terminated by the proxy (client side).
-    TlsServer(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    TlsServer(Box<tokio_rustls::server::TlsStream<LeanTcp>>),
     /// TLS started by the proxy (Postgres side).
     TlsClient(Box<tokio_rustls::client::TlsStream<Stream>>),
+}
+
+impl Stream {
+    /// A plain TCP socket from tokio's, registered for reading only.
+    pub fn tcp(s: tokio::net::TcpStream) -> io::Result<Stream> {
+        Ok(Stream::Tcp(Lean::new(s.into_std()?)?))
+    }
+
+    /// A Unix socket from tokio's, registered for reading only.
+    pub fn unix(s: tokio::net::UnixStream) -> io::Result<Stream> {
+        Ok(Stream::Unix(Lean::new(s.into_std()?)?))
+    }
 }
 
 macro_rules! each {
@@ -50,20 +65,5 @@ impl AsyncWrite for Stream {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         each!(self, s => Pin::new(s).poll_shutdown(cx))
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        each!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
-    }
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Tcp(s) => s.is_write_vectored(),
-            Stream::Unix(s) => s.is_write_vectored(),
-            Stream::TlsServer(s) => s.is_write_vectored(),
-            Stream::TlsClient(s) => s.is_write_vectored(),
-        }
     }
 }

@@ -29,9 +29,9 @@ async fn connect_inner(up: &Upstream) -> io::Result<Stream> {
         Target::Tcp { host, port } => {
             let s = TcpStream::connect((host.as_str(), *port)).await?;
             s.set_nodelay(true)?;
-            Stream::Tcp(s)
+            Stream::tcp(s)?
         }
-        Target::Unix(path) => Stream::Unix(UnixStream::connect(path).await?),
+        Target::Unix(path) => Stream::unix(UnixStream::connect(path).await?)?,
     };
     let Some(tls) = up.tls.clone().filter(|_| up.sslmode != SslMode::Disable) else {
         return Ok(stream);

@@ -2,7 +2,7 @@
 //! pipelining, COPY both ways, cancel, notifications, large rows, and a
 //! LATIN1 database.
 
-use crate::harness::{client, TestProxy};
+use crate::harness::{client, Raw, TestProxy};
 use crate::support;
 use futures_util::SinkExt;
 use tokio_postgres::{AsyncMessage, NoTls};
@@ -193,4 +193,45 @@ async fn a_latin1_database_round_trips_text() {
     assert_eq!(ran.stdout.trim(), "t|\\x636166e920e0e9eef5fc20ff");
     drop(c);
     drop(p);
+}
+
+#[tokio::test]
+async fn a_client_that_reads_slowly_gets_every_byte_of_a_large_result() {
+    let db = support::fresh_db("px_slow").await;
+    let p = TestProxy::start(&db).await;
+    let direct = db.client().await;
+    let params = [
+        ("user", "postgres"),
+        ("database", db.name.as_str()),
+        ("application_name", "px_slow_reader"),
+    ];
+    let (mut raw, _) = Raw::startup(p.addr, &params).await;
+    // About 40 MB of rows, far more than the socket buffers hold.
+    let sql = "SELECT g, repeat('x', 1000) FROM generate_series(1, 40000) g";
+    let mut q = vec![b'Q'];
+    q.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
+    q.extend_from_slice(sql.as_bytes());
+    q.push(0);
+    raw.send(&q).await;
+    // Reading nothing yet: the proxy's writes to this client block, it stops
+    // reading from Postgres, and the backend waits to write.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while support::rows(
+        &direct,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'px_slow_reader' AND wait_event = 'ClientWrite'",
+    )
+    .await
+        != "1"
+    {
+        assert!(std::time::Instant::now() < deadline, "the backend never waited to write");
+        tokio::task::yield_now().await;
+    }
+    let msgs = raw.read_until(|t| t == b'Z' || t == b'E').await;
+    let rows: Vec<_> = msgs.iter().filter(|(t, _)| *t == b'D').collect();
+    assert_eq!(rows.len(), 40000);
+    assert!(rows.iter().all(|(_, body)| body.ends_with(&[b'x'; 1000])));
+    let done = msgs.iter().find(|(t, _)| *t == b'C').unwrap();
+    assert_eq!(done.1, b"SELECT 40000\0");
+    // The session goes on.
+    assert_eq!(raw.query_value("SELECT 1").await.as_deref(), Some("1"));
 }
