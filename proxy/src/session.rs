@@ -459,8 +459,11 @@ impl Ctx<'_> {
     }
 }
 
+/// A pump's buffer: allocated and zeroed once, so reads into it need no
+/// initialising (a reader handed uninitialised spare capacity would zero it
+/// before every read).
 fn buffer(size: usize) -> BytesMut {
-    BytesMut::with_capacity(size)
+    BytesMut::zeroed(size)
 }
 
 async fn client_to_server<R, W>(mut r: R, mut w: W, cx: &Ctx<'_>) -> Result<End, PumpError>
@@ -472,8 +475,8 @@ where
     let mut buf = buffer(cfg.buffer_size);
     let mut scanner = Scanner::new(cfg.max_message);
     loop {
-        buf.clear();
-        let n = r.read_buf(&mut buf).await.map_err(PumpError::Io)?;
+        let n = r.read(&mut buf[..]).await.map_err(PumpError::Io)?;
+        let got = &buf[..n];
         if n == 0 {
             return Ok(End::ClientGone);
         }
@@ -486,7 +489,7 @@ where
         }
         let mut terminate = false;
         scanner
-            .feed(&buf, |f| match f.tag {
+            .feed(got, |f| match f.tag {
                 b'Q' | b'F' => cx.begin_request(),
                 b'S' if !cx.info.copy_in.load(Ordering::Acquire) => cx.begin_request(),
                 b'c' | b'f' => cx.info.copy_in.store(false, Ordering::Release),
@@ -494,7 +497,7 @@ where
                 _ => {}
             })
             .map_err(PumpError::ClientProtocol)?;
-        w.write_all(&buf).await.map_err(PumpError::Io)?;
+        w.write_all(got).await.map_err(PumpError::Io)?;
         w.flush().await.map_err(PumpError::Io)?;
         cx.bytes_in.increment(n as u64);
         if terminate {
@@ -512,8 +515,8 @@ where
     let mut buf = buffer(cfg.buffer_size);
     let mut scanner = Scanner::new(cfg.max_message);
     loop {
-        buf.clear();
-        let n = r.read_buf(&mut buf).await.map_err(PumpError::Io)?;
+        let n = r.read(&mut buf[..]).await.map_err(PumpError::Io)?;
+        let got = &buf[..n];
         if n == 0 {
             return Ok(End::ServerGone);
         }
@@ -524,7 +527,7 @@ where
         let mut ready_status = b'I';
         let mut copy_ended = false;
         scanner
-            .feed(&buf, |f| match f.tag {
+            .feed(got, |f| match f.tag {
                 b'Z' => {
                     ready_count += 1;
                     ready_status = f.head.first().copied().unwrap_or(b'I');
@@ -544,7 +547,7 @@ where
                 _ => {}
             })
             .map_err(PumpError::ServerProtocol)?;
-        w.write_all(&buf).await.map_err(PumpError::Io)?;
+        w.write_all(got).await.map_err(PumpError::Io)?;
         w.flush().await.map_err(PumpError::Io)?;
         cx.bytes_out.increment(n as u64);
         if copy_ended {
