@@ -90,65 +90,6 @@ where
     AsyncFd::with_interest(sock, interest)
 }
 
-fn poll_read<T: Sock>(
-    io: &AsyncFd<T>,
-    cx: &mut Context<'_>,
-    buf: &mut ReadBuf<'_>,
-) -> Poll<io::Result<()>>
-where
-    for<'a> &'a T: Read + Write,
-{
-    loop {
-        let mut guard = ready!(io.poll_read_ready(cx))?;
-        let unfilled = buf.initialize_unfilled();
-        let want = unfilled.len();
-        match guard.try_io(|s| s.get_ref().read(unfilled)) {
-            Ok(Ok(n)) => {
-                // A short read drained the socket: the next read waits for
-                // the reactor instead of trying (as tokio's own sockets do).
-                if n > 0 && n < want {
-                    guard.clear_ready();
-                }
-                buf.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            Ok(Err(e)) => return Poll::Ready(Err(e)),
-            Err(_would_block) => continue,
-        }
-    }
-}
-
-fn poll_write<T: Sock>(
-    io: &AsyncFd<T>,
-    out: &mut Option<AsyncFd<T>>,
-    cx: &mut Context<'_>,
-    data: &[u8],
-) -> Poll<io::Result<usize>>
-where
-    for<'a> &'a T: Read + Write,
-{
-    if out.is_none() {
-        match io.get_ref().write(data) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // Registered after the failed write: if the socket became
-                // writable in between, the registration reports it at once.
-                *out = Some(register(io.get_ref().duplicate()?, Interest::WRITABLE)?);
-            }
-            r => return Poll::Ready(r),
-        }
-    }
-    let Some(w) = out.as_ref() else {
-        return Poll::Ready(Err(io::Error::other("no writable registration")));
-    };
-    loop {
-        let mut guard = ready!(w.poll_write_ready(cx))?;
-        match guard.try_io(|_| io.get_ref().write(data)) {
-            Ok(r) => return Poll::Ready(r),
-            Err(_would_block) => continue,
-        }
-    }
-}
-
 impl<T: Sock> AsyncRead for Lean<T>
 where
     for<'a> &'a T: Read + Write,
@@ -158,7 +99,7 @@ where
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        poll_read(&self.io, cx, buf)
+        Pin::new(&mut self.get_mut().split().0).poll_read(cx, buf)
     }
 }
 
@@ -171,14 +112,13 @@ where
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let me = self.get_mut();
-        poll_write(&me.io, &mut me.out, cx, data)
+        Pin::new(&mut self.get_mut().split().1).poll_write(cx, data)
     }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().split().1).poll_flush(cx)
     }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(self.io.get_ref().shutdown_write())
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().split().1).poll_shutdown(cx)
     }
 }
 
@@ -205,7 +145,24 @@ where
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        poll_read(self.0, cx, buf)
+        loop {
+            let mut guard = ready!(self.0.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            let want = unfilled.len();
+            match guard.try_io(|s| s.get_ref().read(unfilled)) {
+                Ok(Ok(n)) => {
+                    // A short read drained the socket: the next read waits for
+                    // the reactor instead of trying (as tokio's own sockets do).
+                    if n > 0 && n < want {
+                        guard.clear_ready();
+                    }
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
     }
 }
 
@@ -219,7 +176,26 @@ where
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let me = self.get_mut();
-        poll_write(me.io, me.out, cx, data)
+        if me.out.is_none() {
+            match me.io.get_ref().write(data) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Registered after the failed write: if the socket became
+                    // writable in between, the registration reports it at once.
+                    *me.out = Some(register(me.io.get_ref().duplicate()?, Interest::WRITABLE)?);
+                }
+                r => return Poll::Ready(r),
+            }
+        }
+        let Some(w) = me.out.as_ref() else {
+            return Poll::Ready(Err(io::Error::other("no writable registration")));
+        };
+        loop {
+            let mut guard = ready!(w.poll_write_ready(cx))?;
+            match guard.try_io(|_| me.io.get_ref().write(data)) {
+                Ok(r) => return Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
     }
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
