@@ -45,8 +45,13 @@ pub struct Control {
 
 impl Control {
     pub fn set_paused(&self, paused: bool) {
-        self.paused
-            .store(paused, std::sync::atomic::Ordering::Release);
+        let was = self
+            .paused
+            .swap(paused, std::sync::atomic::Ordering::AcqRel);
+        if paused && !was {
+            // An operator's pause is logged at info every time.
+            *self.logged.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
         self.changed.notify_waiters();
     }
 
