@@ -23,7 +23,10 @@ psql -X -q "$url" -c "CREATE DATABASE bench"
 psql -X -q "$db" -c "CREATE TABLE customers (id int PRIMARY KEY); INSERT INTO customers SELECT generate_series(1, 100000)"
 psql -X -q "$db" -c "CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id int, note text);
   INSERT INTO orders (customer_id, note) SELECT CASE WHEN g % 1000 = 0 THEN NULL ELSE 1 + g % 100000 END, 'n' FROM generate_series(1, $rows) g"
-psql -X -q "$db" -c "VACUUM ANALYZE orders"
+# The load's dirty pages are written out before anything is measured, so the
+# baseline does not pay for the kernel's writeback of 10M fresh rows.
+psql -X -q "$db" -c "VACUUM ANALYZE orders" -c "CHECKPOINT"
+sync
 "$bin" init --postgres-url "$db" >/dev/null
 start_daemon bench
 cat >"$dir/work.sql" <<SQL
@@ -70,7 +73,7 @@ for t in held.values():
     longest = max(longest, (now - t) * 1000)
 print(f"{longest:.1f}")
 PY
-# The lock sampler runs from the start, so the baseline pays for it too.
+# The lock sampler runs from the start to the end, so both baselines pay for it too.
 "$python" "$dir/sample.py" "$db" "$dir/stop" >"$dir/longest" &
 sampler=$!
 workload_bg "${PGSHIFT_BENCH_BASE_SECS:-60}" base; wl=$!
@@ -96,8 +99,13 @@ kill -TERM "$wl" 2>/dev/null || true; wait "$wl" 2>/dev/null || true
 # old-version sessions that just ended.)
 "$bin" complete --postgres-url "$db" --drain-timeout 10 2>"$dir/complete.log"
 t2=$(date +%s.%N)
-touch "$dir/stop"; wait "$sampler"
 kill -TERM "$wl_new" 2>/dev/null || true; wait "$wl_new" 2>/dev/null || true
+# A second baseline after the migration (the new version, no migration in
+# progress): with the one before, the baseline spans the run, so the
+# machine's drift over half an hour weighs on both sides.
+workload_bg "${PGSHIFT_BENCH_BASE_SECS:-60}" after; wl=$!
+wait "$wl"
+touch "$dir/stop"; wait "$sampler"
 longest=$(cat "$dir/longest")
 bad=$(psql -X -tA "$db" -c "SELECT count(*) FROM orders o WHERE customer_id IS NULL OR NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = o.customer_id)")
 [ "$bad" = 0 ] || { echo "bench: $bad rows break the new constraints" >&2; exit 1; }
@@ -108,7 +116,9 @@ sys.path.insert(0, os.path.join(os.environ["PGSHIFT_ROOT"], "tests/bench"))
 from pgbench_log import load as load_in, pct
 def load(prefix):
     return load_in(d, prefix)
-base = [l for _, l in load("base")]
+before = [l for _, l in load("base")]
+after = [l for _, l in load("after")]
+base = before + after
 every = load("during") + load("during_new")
 def window(a, b):
     return [l for t, l in every if a <= t <= b]
@@ -128,7 +138,8 @@ in_probe = lambda t: any(p - 2.0 <= t <= p for p in probes)
 resting = [l for t, l in every if t0 <= t <= t1 and in_probe(t)]
 working = [l for t, l in every if t0 <= t <= t1 and not any(p - 2.5 <= t <= p for p in probes)]
 b99, r99, w99 = pct(base, .99), pct(resting, .99), pct(working, .99)
-print(f"| {rows:,} | {t1 - t0:.1f} | {rows / (t1 - t0):,.0f} | {t2 - t1:.2f} | {longest:.1f} | {b99:.2f} "
+print(f"| {rows:,} | {t1 - t0:.1f} | {rows / (t1 - t0):,.0f} | {t2 - t1:.2f} | {longest:.1f} "
+      f"| {pct(before, .99):.2f} | {pct(after, .99):.2f} | {b99:.2f} "
       f"| {pct(backfill, .99):.2f} ({pct(backfill, .99) / b99:.2f}x) | {pct(complete, .99):.2f} ({pct(complete, .99) / b99:.2f}x) "
       f"| {pct(during, .99):.2f} | {pct(during, .99) / b99:.2f}x | {len(during)} "
       f"| {r99:.2f} ({len(resting)} in {len(probes)} probes) | {w99:.2f} | {w99 / r99:.2f}x |")
@@ -149,13 +160,14 @@ done, then the new one). The copier runs with \`max_p99_ratio\` = ${ratio} (the 
 30 s to measure the application's own p99, and holds the proxy's one-second p99 under ${ratio}x that) and
 \`batch_target_ms\` = ${batch_ms}. "start s" runs from \`start\` to the end of the backfill. The
 longest ACCESS EXCLUSIVE lock on \`orders\` is sampled from \`pg_locks\` every ~5 ms (so holds shorter than
-that may show as 0). The baseline is ${PGSHIFT_BENCH_BASE_SECS:-60} s of the same workload before the migration. The last three
+that may show as 0). The baseline is the same workload for ${PGSHIFT_BENCH_BASE_SECS:-60} s before the migration (after a checkpoint
+and \`sync\`, so the load's writeback is over) and ${PGSHIFT_BENCH_BASE_SECS:-60} s after it; the ratios are against both together. The last three
 columns compare, within the backfill, the transactions of the daemon's probe windows (the copier resting,
 the trigger and constraints in place) with all the others: the copier's own share of the p99, apart from
 the machine's drift and the migration's standing costs.
 
-| rows | start s | rows/s | complete s | longest ACCESS EXCLUSIVE ms | baseline p99 ms | p99 during the backfill ms | p99 during complete ms | p99 during ms | p99 ratio | transactions during | p99 with the copier resting ms | p99 with the copier working ms | copier's own ratio |
-|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| rows | start s | rows/s | complete s | longest ACCESS EXCLUSIVE ms | baseline p99 before ms | baseline p99 after ms | baseline p99 ms | p99 during the backfill ms | p99 during complete ms | p99 during ms | p99 ratio | transactions during | p99 with the copier resting ms | p99 with the copier working ms | copier's own ratio |
+|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 $(cat "$dir/row.md")
 <!-- constraints:end -->
 MD
