@@ -155,16 +155,22 @@ pub fn load(file: Option<&Path>, over: &Overrides) -> Result<Config> {
 mod tests {
     use super::*;
 
-    fn load_str(text: &str) -> Result<Config> {
-        let dir = std::env::temp_dir().join(format!(
-            "pgshift-cfg-{}-{}",
+    /// Loads `text` as a config file (written to a scratch file that is
+    /// removed again) with `overrides`.
+    fn load_text(text: &str, overrides: &Overrides) -> Result<Config> {
+        let p = std::env::temp_dir().join(format!(
+            "pgshift-cfg-{}-{}.toml",
             std::process::id(),
             fastrand::u32(..)
         ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("pgshift.toml");
         std::fs::write(&p, text).unwrap();
-        load(Some(&p), &Overrides::default())
+        let c = load(Some(&p), overrides);
+        let _ = std::fs::remove_file(&p);
+        c
+    }
+
+    fn load_str(text: &str) -> Result<Config> {
+        load_text(text, &Overrides::default())
     }
 
     #[test]
@@ -203,12 +209,8 @@ mod tests {
 
     #[test]
     fn flags_override_the_file() {
-        let dir = std::env::temp_dir().join(format!("pgshift-cfg2-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("pgshift.toml");
-        std::fs::write(&p, "postgres_url = 'postgres://file'\nlisten = '127.0.0.1:1'\n[backfill]\nbatch_size = 500\n").unwrap();
-        let c = load(
-            Some(&p),
+        let c = load_text(
+            "postgres_url = 'postgres://file'\nlisten = '127.0.0.1:1'\n[backfill]\nbatch_size = 500\n",
             &Overrides {
                 listen: Some("127.0.0.1:2".into()),
                 ..Default::default()

@@ -8,7 +8,8 @@
 bench_cluster() { # name prefix of the scratch dir
   dir=$(mktemp -d "/tmp/$1-XXXXXX"); chmod 755 "$dir"
   daemon_pid=
-  trap '{ [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null; } || true; "$root/tests/support/pg.sh" stop "$dir/pg"' EXIT
+  # The scratch dir goes on success; on failure it stays, with the logs.
+  trap 'rc=$?; { [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null; } || true; "$root/tests/support/pg.sh" stop "$dir/pg"; [ "$rc" != 0 ] || rm -rf "$dir"' EXIT
   url=$("$root/tests/support/pg.sh" start "$dir/pg")
 }
 

@@ -16,9 +16,12 @@ command -v pgbouncer >/dev/null || { echo "pgbouncer is missing: make bench inst
 
 dir=$(mktemp -d /tmp/pgshift-pbench-XXXXXX); chmod 755 "$dir"
 pids=()
+# The scratch dir goes on success; on failure it stays, with the logs.
 cleanup() {
+  local rc=$?
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   "$root/tests/support/pg.sh" stop "$dir/pg"
+  [ "$rc" != 0 ] || rm -rf "$dir"
 }
 trap cleanup EXIT
 url=$(PGSHIFT_PG_EXTRA="-c max_connections=700" "$root/tests/support/pg.sh" start "$dir/pg")

@@ -43,22 +43,11 @@ fn cluster() -> &'static Cluster {
         );
         let url = String::from_utf8(out.stdout).unwrap().trim().to_string();
         // Stop the cluster when this test process exits, however it exits.
-        let watchdog = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {script} stop {dir}",
-            pid = std::process::id(),
+        at_exit(&format!(
+            "{script} stop {dir}",
             script = script.display(),
             dir = dir.display()
-        );
-        // The watchdog outlives this process on purpose; it is never waited on.
-        #[allow(clippy::zombie_processes)]
-        Command::new("sh")
-            .arg("-c")
-            .arg(watchdog)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn watchdog");
+        ));
         let base = url.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
         Cluster { base }
     })
@@ -222,8 +211,39 @@ pub fn write_migration(dir: &Path, name: &str, yaml: &str) -> PathBuf {
     p
 }
 
+/// Runs the shell command `cmd` once this test process has exited, however it
+/// exits (a watchdog polls for the process; it is never waited on).
+fn at_exit(cmd: &str) {
+    let watchdog = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {cmd}",
+        pid = std::process::id()
+    );
+    #[allow(clippy::zombie_processes)]
+    Command::new("sh")
+        .arg("-c")
+        .arg(watchdog)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn watchdog");
+}
+
+/// This test process's scratch directory for files; removed when it exits.
+fn scratch_root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = std::env::temp_dir().join(format!("pgshift-files-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        at_exit(&format!("rm -rf '{}'", root.display()));
+        root
+    })
+}
+
+/// A fresh, empty directory for one test's files (under the process's
+/// scratch directory, so nothing is left in /tmp after the run).
 pub fn temp_dir(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pgshift-files-{}-{test}", std::process::id()));
+    let d = scratch_root().join(test);
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
