@@ -84,20 +84,35 @@ const MIGRATION: &str = "operations:
   - add_column: {table: users, up: '0', column: {name: visits, type: integer, nullable: false}}
 ";
 
-#[tokio::test]
-async fn start_hands_the_backfill_to_the_daemon_and_the_proxy_learns_the_version() {
-    let db = support::fresh_db("d_handoff").await;
+/// A fresh database holding SETUP's `users`, a client on it, and a ready
+/// daemon in front of it with `config` added to its config file.
+async fn setup(test: &str, config: &str) -> (support::TestDb, tokio_postgres::Client, Daemon) {
+    let db = support::fresh_db(test).await;
     let c = db.client().await;
     c.batch_execute(SETUP).await.unwrap();
-    let d = Daemon::start(&db, "").await;
+    let d = Daemon::start(&db, config).await;
     d.ready().await;
-    // The copier leads once its advisory lock shows.
-    until("copier leadership", || async {
-        rows(&c, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = hashtext('copier:public')::oid").await == "1"
+    (db, c, d)
+}
+
+/// MIGRATION as the file `m1.yaml` in a fresh directory for `test`.
+fn migration_file(test: &str) -> std::path::PathBuf {
+    support::write_migration(&support::temp_dir(test), "m1", MIGRATION)
+}
+
+/// Wait until a daemon's copier holds the leader lock of schema `public`.
+async fn copier_leads(c: &tokio_postgres::Client) {
+    until("a copier to lead", || async {
+        rows(c, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = hashtext('copier:public')::oid AND granted").await == "1"
     })
     .await;
-    let dir = support::temp_dir("d-handoff");
-    let f = support::write_migration(&dir, "m1", MIGRATION);
+}
+
+#[tokio::test]
+async fn start_hands_the_backfill_to_the_daemon_and_the_proxy_learns_the_version() {
+    let (db, c, d) = setup("d_handoff", "").await;
+    copier_leads(&c).await;
+    let f = migration_file("d-handoff");
     let out = db.pgshift(&["start", f.to_str().unwrap(), "--wait", "--progress", "log"]);
     out.ok();
     assert!(out.stderr.contains("runs the backfill"), "{}", out.stderr);
@@ -136,13 +151,9 @@ async fn another_daemon_takes_over_a_backfill_when_the_leader_dies() {
     // Slow batches so the leader dies mid-backfill.
     let slow = "[backfill]\nbatch_size = 200\nbatch_delay_ms = 20\n";
     let mut first = Daemon::start(&db, slow).await;
-    until("the first daemon to lead", || async {
-        rows(&c, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = hashtext('copier:public')::oid AND granted").await == "1"
-    })
-    .await;
+    copier_leads(&c).await;
     let second = Daemon::start(&db, slow).await;
-    let dir = support::temp_dir("d-takeover");
-    let f = support::write_migration(&dir, "m1", MIGRATION);
+    let f = migration_file("d-takeover");
     db.pgshift(&["start", f.to_str().unwrap()]).ok();
     until("the first batches", || async {
         rows(
@@ -235,11 +246,7 @@ async fn client_loop(
 async fn old_and_new_clients_see_no_failure_through_a_whole_migration() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    let db = support::fresh_db("d_zero").await;
-    let c = db.client().await;
-    c.batch_execute(SETUP).await.unwrap();
-    let d = Daemon::start(&db, "[backfill]\nbatch_size = 2000\n").await;
-    d.ready().await;
+    let (db, c, d) = setup("d_zero", "[backfill]\nbatch_size = 2000\n").await;
     let stop_old = Arc::new(AtomicBool::new(false));
     let stop_new = Arc::new(AtomicBool::new(false));
     let old: Vec<_> = (0..2)
@@ -252,8 +259,7 @@ async fn old_and_new_clients_see_no_failure_through_a_whole_migration() {
             ))
         })
         .collect();
-    let dir = support::temp_dir("d-zero");
-    let f = support::write_migration(&dir, "m1", MIGRATION);
+    let f = migration_file("d-zero");
     let fs = f.to_str().unwrap().to_string();
     db.pgshift_async(&["start", &fs, "--wait", "--progress", "none"])
         .await
@@ -315,11 +321,7 @@ async fn old_and_new_clients_see_no_failure_through_a_whole_migration() {
 
 #[tokio::test]
 async fn complete_refuses_while_old_sessions_remain_then_drains_them() {
-    let db = support::fresh_db("d_drain").await;
-    let c = db.client().await;
-    c.batch_execute(SETUP).await.unwrap();
-    let d = Daemon::start(&db, "").await;
-    d.ready().await;
+    let (db, c, d) = setup("d_drain", "").await;
     let (old, old_conn) = tokio_postgres::connect(
         &d.url(&db.name, "?application_name=legacy-report"),
         tokio_postgres::NoTls,
@@ -328,8 +330,7 @@ async fn complete_refuses_while_old_sessions_remain_then_drains_them() {
     .unwrap();
     let old_conn = tokio::spawn(old_conn);
     assert_eq!(rows(&old, "SELECT count(name) FROM users").await, "20000");
-    let dir = support::temp_dir("d-drain");
-    let f = support::write_migration(&dir, "m1", MIGRATION);
+    let f = migration_file("d-drain");
     db.pgshift(&["start", f.to_str().unwrap(), "--wait", "--progress", "none"])
         .ok();
     let new_url = d.url(&db.name, "?options=-c%20pgshift.version%3Dm1");
@@ -384,16 +385,13 @@ async fn complete_refuses_while_old_sessions_remain_then_drains_them() {
 
 #[tokio::test]
 async fn pause_holds_the_copier_and_resume_lets_it_finish() {
-    let db = support::fresh_db("d_pause").await;
-    let c = db.client().await;
-    c.batch_execute(SETUP).await.unwrap();
-    let d = Daemon::start(&db, "[backfill]\nbatch_size = 200\nbatch_delay_ms = 10\n").await;
-    until("copier leadership", || async {
-        rows(&c, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = hashtext('copier:public')::oid AND granted").await == "1"
-    })
+    let (db, c, d) = setup(
+        "d_pause",
+        "[backfill]\nbatch_size = 200\nbatch_delay_ms = 10\n",
+    )
     .await;
-    let dir = support::temp_dir("d-pause");
-    let f = support::write_migration(&dir, "m1", MIGRATION);
+    copier_leads(&c).await;
+    let f = migration_file("d-pause");
     db.pgshift(&["start", f.to_str().unwrap()]).ok();
     until("the first batches", || async {
         rows(
@@ -491,11 +489,7 @@ async fn pause_holds_the_copier_and_resume_lets_it_finish() {
 async fn a_relative_latency_bound_rests_the_copier_to_measure_the_applications_own_p99() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    let db = support::fresh_db("d_ratio").await;
-    let c = db.client().await;
-    c.batch_execute(SETUP).await.unwrap();
-    let d = Daemon::start(&db, "[backfill]\nbatch_size = 500\n").await;
-    d.ready().await;
+    let (db, c, d) = setup("d_ratio", "[backfill]\nbatch_size = 500\n").await;
     let bad = db.pgshift(&["set", "max_p99_ratio", "0.8"]);
     bad.failed();
     assert!(
@@ -531,8 +525,7 @@ async fn a_relative_latency_bound_rests_the_copier_to_measure_the_applications_o
     })
     .await;
     // Between probes the copier works: a whole backfill finishes under load.
-    let dir = support::temp_dir("d-ratio");
-    let f = support::write_migration(&dir, "m1", MIGRATION);
+    let f = migration_file("d-ratio");
     db.pgshift(&["start", f.to_str().unwrap()]).ok();
     until("the backfill to finish", || async {
         rows(&c, "SELECT phase FROM pgshift.migrations").await == "active"
@@ -581,14 +574,13 @@ async fn admin(port: u16, sql: &str) -> (bool, String, String) {
 
 #[tokio::test]
 async fn the_admin_console_shows_state_and_controls_the_copier() {
-    let db = support::fresh_db("d_admin").await;
-    let c = db.client().await;
-    c.batch_execute(SETUP).await.unwrap();
     let admin_port = support::free_port();
-    let d = Daemon::start(&db, &format!("admin_listen = '127.0.0.1:{admin_port}'\n")).await;
-    d.ready().await;
-    let dir = support::temp_dir("d-admin");
-    let f = support::write_migration(&dir, "m1", MIGRATION);
+    let (db, c, d) = setup(
+        "d_admin",
+        &format!("admin_listen = '127.0.0.1:{admin_port}'\n"),
+    )
+    .await;
+    let f = migration_file("d-admin");
     db.pgshift(&["start", f.to_str().unwrap(), "--wait", "--progress", "none"])
         .ok();
     let new_url = d.url(
@@ -705,14 +697,9 @@ async fn deploy_rules_and_dashboard_use_only_metrics_the_daemon_exports() {
 
     // A daemon that has done everything once: a handed-off backfill, a
     // pause, proxied queries and an error, a gate hold, a complete.
-    let db = support::fresh_db("d_deploy").await;
-    let c = db.client().await;
-    c.batch_execute(SETUP).await.unwrap();
-    let d = Daemon::start(&db, "[backfill]\nbatch_size = 5000\n").await;
-    d.ready().await;
+    let (db, c, d) = setup("d_deploy", "[backfill]\nbatch_size = 5000\n").await;
     db.pgshift(&["pause"]).ok();
-    let dir = support::temp_dir("d-deploy");
-    let f = support::write_migration(&dir, "m1", MIGRATION);
+    let f = migration_file("d-deploy");
     db.pgshift(&["start", f.to_str().unwrap()]).ok();
     until("the copier to wait", || async {
         d.http("/metrics")
