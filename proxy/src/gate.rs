@@ -4,7 +4,7 @@
 //! then fails open. Waiters queue on a fair lock, so reopening lets them
 //! through in the order they arrived.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedRwLockWriteGuard, RwLock};
@@ -12,6 +12,8 @@ use tokio::sync::{OwnedRwLockWriteGuard, RwLock};
 #[derive(Debug, Default)]
 pub struct Gate {
     closed: AtomicBool,
+    /// How many times the gate has closed.
+    closes: AtomicU64,
     lock: Arc<RwLock<()>>,
     guard: Mutex<Option<OwnedRwLockWriteGuard<()>>>,
 }
@@ -30,6 +32,12 @@ impl Gate {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// How many times the gate has closed so far: a window of time in which
+    /// this did not change and the gate is open saw no hold.
+    pub fn closes(&self) -> u64 {
+        self.closes.load(Ordering::Acquire)
+    }
+
     /// Close the gate (idempotent). Returns once new requests are held.
     pub async fn close(&self) {
         if self.is_closed() {
@@ -39,6 +47,7 @@ impl Gate {
         let mut slot = self.guard.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
             *slot = Some(g);
+            self.closes.fetch_add(1, Ordering::AcqRel);
             self.closed.store(true, Ordering::Release);
             metrics::gauge!("pgshift_gate_closed").set(1.0);
         }

@@ -32,14 +32,28 @@ const PROBE_SETTLE: Duration = Duration::from_millis(500);
 const PROBE_WINDOW: Duration = Duration::from_secs(2);
 /// The application's own p99 is the median of this many recent probes.
 const PROBE_SAMPLES: usize = 5;
+/// Probes taken back to back before the first reference is set: the copier
+/// has not run yet, and the median of a few is not one burst of the host.
+const INITIAL_PROBES: usize = 3;
 /// Fewer requests than this in a window say nothing about a p99.
 const MIN_REQUESTS: usize = 20;
 
 /// The application's own p99, from probes with the copier resting.
+///
+/// A short rest measures the copier's aftermath too (autovacuum of the rows
+/// it rewrote, dirty pages, its last batches' WAL), so a probe may lower the
+/// reference but never raise it: a reference that rose with what the copier
+/// left behind would loosen the bound, let the copier go faster, and measure
+/// more of its aftermath the next time. The reference rises only through
+/// [`Baseline::reanchor`], once the copier has been stopped long enough for
+/// its effects to pass.
 #[derive(Debug)]
 pub(super) struct Baseline {
     samples: VecDeque<Duration>,
+    reference: Option<Duration>,
     probing_since: Option<Instant>,
+    /// The gate's close count when the probe began.
+    closes_at_start: u64,
     next_probe: Instant,
 }
 
@@ -47,31 +61,53 @@ impl Baseline {
     pub fn new(now: Instant) -> Baseline {
         Baseline {
             samples: VecDeque::with_capacity(PROBE_SAMPLES),
+            reference: None,
             probing_since: None,
+            closes_at_start: 0,
             next_probe: now,
         }
     }
 
     /// Advance to `now`; true while the copier must rest for a probe.
-    /// `p99` answers the p99 and count of the requests that ended within a
-    /// window up to now.
+    /// `closes` is how many times the proxy's gate has closed so far (a
+    /// probe in which the gate closed measured the holds of a DDL step, not
+    /// the application, and counts for nothing); `p99` answers the p99 and
+    /// count of the requests that ended within a window up to now.
     pub fn tick(
         &mut self,
         now: Instant,
+        closes: u64,
         p99: impl FnOnce(Duration) -> Option<(Duration, usize)>,
     ) -> bool {
         match self.probing_since {
             None if now >= self.next_probe => {
                 self.probing_since = Some(now);
+                self.closes_at_start = closes;
                 true
             }
             None => false,
             Some(since) if now.duration_since(since) >= PROBE_SETTLE + PROBE_WINDOW => {
-                if let Some((d, _)) = p99(PROBE_WINDOW).filter(|(_, n)| *n >= MIN_REQUESTS) {
-                    if self.samples.len() == PROBE_SAMPLES {
-                        self.samples.pop_front();
+                let held = closes != self.closes_at_start;
+                let reading = p99(PROBE_WINDOW)
+                    .filter(|(_, n)| *n >= MIN_REQUESTS)
+                    .map(|(d, _)| d);
+                match (held, reading) {
+                    (true, _) if self.reference.is_none() => return self.probe_again(now, closes),
+                    (true, _) | (false, None) => {}
+                    (false, Some(d)) => {
+                        if self.samples.len() == PROBE_SAMPLES {
+                            self.samples.pop_front();
+                        }
+                        self.samples.push_back(d);
+                        let median = self.median();
+                        match self.reference {
+                            None if self.samples.len() < INITIAL_PROBES => {
+                                return self.probe_again(now, closes)
+                            }
+                            None => self.reference = median,
+                            Some(r) => self.reference = median.map(|m| m.min(r)),
+                        }
                     }
-                    self.samples.push_back(d);
                 }
                 self.probing_since = None;
                 self.next_probe = now + PROBE_EVERY;
@@ -81,22 +117,43 @@ impl Baseline {
         }
     }
 
+    /// Measure another window at once (the copier keeps resting; it has
+    /// just rested for the settle time).
+    fn probe_again(&mut self, now: Instant, closes: u64) -> bool {
+        self.probing_since = Some(now.checked_sub(PROBE_SETTLE).unwrap_or(now));
+        self.closes_at_start = closes;
+        true
+    }
+
+    fn median(&self) -> Option<Duration> {
+        let mut v: Vec<Duration> = self.samples.iter().copied().collect();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied()
+    }
+
     /// True while a probe rests the copier.
     pub fn probing(&self) -> bool {
         self.probing_since.is_some()
     }
 
-    /// The median of the recent probes; `None` before the first.
+    /// The application's own p99 in force; `None` before the first probes.
     pub fn own_p99(&self) -> Option<Duration> {
-        let mut v: Vec<Duration> = self.samples.iter().copied().collect();
-        v.sort_unstable();
-        v.get(v.len() / 2).copied()
+        self.reference
+    }
+
+    /// The copier has been stopped for a long while and the p99 is still
+    /// `p99`: that is the application's own now. Recent probes are dropped,
+    /// so older, lower ones do not pull the reference back under it.
+    pub fn reanchor(&mut self, p99: Duration) {
+        self.samples.clear();
+        self.samples.push_back(p99);
+        self.reference = Some(p99);
     }
 }
 
-/// The latency bound in force (zero: none), and how to name it to
-/// operators.
-fn p99_bound(bounds: &Bounds, own: Option<Duration>) -> (Duration, String) {
+/// The latency bound in force (zero: none), how to name it to operators,
+/// and whether it is the relative one.
+fn p99_bound(bounds: &Bounds, own: Option<Duration>) -> (Duration, String, bool) {
     let absolute = format!("max_p99_ms {:.2}", ms(bounds.max_p99));
     let relative = own.filter(|_| bounds.p99_ratio > 0.0).map(|own| {
         let b = own.mul_f64(bounds.p99_ratio);
@@ -109,8 +166,8 @@ fn p99_bound(bounds: &Bounds, own: Option<Duration>) -> (Duration, String) {
         (b, name)
     });
     match relative {
-        Some((b, name)) if bounds.max_p99.is_zero() || b < bounds.max_p99 => (b, name),
-        _ => (bounds.max_p99, absolute),
+        Some((b, name)) if bounds.max_p99.is_zero() || b < bounds.max_p99 => (b, name, true),
+        _ => (bounds.max_p99, absolute, false),
     }
 }
 
@@ -134,13 +191,15 @@ pub(super) async fn run(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>) {
         if bounds.p99_ratio > 0.0 {
             let b = baseline.get_or_insert_with(|| Baseline::new(Instant::now()));
             let was = b.probing();
-            let probing = b.tick(Instant::now(), |w| proxy.latency.p99(w));
+            let probing = b.tick(Instant::now(), proxy.gate.closes(), |w| {
+                proxy.latency.p99(w)
+            });
             if probing && !was {
                 tracing::debug!("copier resting to measure the application's own p99");
             } else if was && !probing {
                 match b.own_p99() {
                     Some(own) => tracing::info!(
-                        "application's own p99 {:.2} ms (median of recent probes): latency bound {:.2} ms",
+                        "application's own p99 {:.2} ms (lowest median of recent probes): latency bound {:.2} ms",
                         ms(own),
                         ms(own.mul_f64(bounds.p99_ratio))
                     ),
@@ -160,7 +219,7 @@ pub(super) async fn run(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>) {
         } else {
             baseline = None;
         }
-        let (max_p99, bound_name) =
+        let (max_p99, bound_name, relative) =
             p99_bound(&bounds, baseline.as_ref().and_then(Baseline::own_p99));
         let mut reason = None;
         let mut slow_reason = None;
@@ -176,7 +235,23 @@ pub(super) async fn run(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>) {
             slowdown = next_slowdown(slowdown, p99, max_p99);
             if p99 > max_p99 && was >= MAX_SLOWDOWN {
                 let since = *stopped_since.get_or_insert_with(Instant::now);
-                reason = Some(stopped_reason(ms(p99), &bound_name, since.elapsed()));
+                let window = proxy.latency.p99(PROBE_WINDOW).map(|(d, _)| d);
+                match (baseline.as_mut(), window) {
+                    // The relative bound binds and the copier has rested long
+                    // enough for its effects to pass: the p99 now is the
+                    // application's own.
+                    (Some(b), Some(own)) if relative && since.elapsed() >= IDLE_BLAME => {
+                        b.reanchor(own);
+                        stopped_since = None;
+                        tracing::info!(
+                            "copier stopped for {} s and the p99 is still {:.2} ms: the application's own p99 has risen; latency bound {:.2} ms",
+                            since.elapsed().as_secs(),
+                            ms(own),
+                            ms(own.mul_f64(bounds.p99_ratio))
+                        );
+                    }
+                    _ => reason = Some(stopped_reason(ms(p99), &bound_name, since.elapsed())),
+                }
             } else if slowdown > 0.0 {
                 slow_reason = Some(format!(
                     "proxy p99 latency {:.2} ms against {bound_name}: copier rests {slowdown:.1}x each batch",
@@ -254,35 +329,75 @@ mod tests {
         );
     }
 
-    #[test]
-    fn probes_rest_the_copier_and_keep_the_median_of_recent_p99s() {
-        let t0 = Instant::now();
-        let mut b = Baseline::new(t0);
-        let ms = Duration::from_millis;
-        let none = |_| None;
-        // The first probe starts at once and lasts settle + window.
-        assert!(b.tick(t0, none));
-        assert!(b.tick(t0 + ms(2000), none));
-        assert!(!b.tick(t0 + ms(2500), |w| {
+    /// Runs one whole probe from `at` (settle + window) answering `p99`
+    /// with `closes` gate closes; whether the copier still rests after it.
+    fn probe(b: &mut Baseline, at: Instant, closes: u64, p99: Option<(Duration, usize)>) -> bool {
+        assert!(b.tick(at, 0, |_| None), "a probe begins");
+        b.tick(at + PROBE_SETTLE + PROBE_WINDOW, closes, |w| {
             assert_eq!(w, PROBE_WINDOW);
-            Some((ms(4), 100))
-        }));
+            p99
+        })
+    }
+
+    #[test]
+    fn the_first_reference_is_the_median_of_back_to_back_probes_before_the_copier_runs() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut b = Baseline::new(t0);
+        assert!(b.tick(t0, 0, |_| None));
+        assert!(b.tick(t0 + ms(2000), 0, |_| None));
+        // A DDL step held the gate during the window: it measured the holds.
+        assert!(b.tick(t0 + ms(2500), 1, |_| Some((ms(80), 100))));
+        assert_eq!(b.own_p99(), None);
+        // Three clean windows in a row, the copier resting throughout.
+        let mut at = t0 + ms(2500);
+        for (i, p) in [4, 9, 3].into_iter().enumerate() {
+            at += PROBE_WINDOW;
+            let resting = b.tick(at, 1, |_| Some((ms(p), 100)));
+            assert_eq!(resting, i < 2, "probe {i}");
+        }
         assert_eq!(b.own_p99(), Some(ms(4)));
         // No probe until PROBE_EVERY has passed.
-        assert!(!b.tick(t0 + ms(20_000), none));
-        // Too few requests: the probe counts for nothing.
-        let at = t0 + ms(2500) + PROBE_EVERY;
-        assert!(b.tick(at, none));
-        assert!(!b.tick(at + ms(2500), |_| Some((ms(50), 3))));
-        assert_eq!(b.own_p99(), Some(ms(4)));
-        // The median of the last PROBE_SAMPLES probes: one outlier moves nothing.
-        let mut at = at + ms(2500) + PROBE_EVERY;
-        for p in [2, 3, 90, 3, 2, 3] {
-            assert!(b.tick(at, none));
-            assert!(!b.tick(at + ms(2500), |_| Some((ms(p), 100))));
-            at += ms(2500) + PROBE_EVERY;
+        assert!(!b.tick(at + ms(20_000), 1, |_| None));
+    }
+
+    #[test]
+    fn probes_lower_the_reference_but_only_a_long_stop_raises_it() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut b = Baseline::new(t0);
+        let mut at = t0;
+        assert!(probe(&mut b, at, 0, Some((ms(4), 100))));
+        for p in [4, 4] {
+            at += PROBE_SETTLE + PROBE_WINDOW;
+            b.tick(at + PROBE_WINDOW, 0, |_| Some((ms(p), 100)));
+            at += PROBE_WINDOW;
         }
-        assert_eq!(b.own_p99(), Some(ms(3)));
+        assert_eq!(b.own_p99(), Some(ms(4)));
+        let mut next = |b: &mut Baseline, p: Option<(Duration, usize)>| {
+            at += PROBE_SETTLE + PROBE_WINDOW + PROBE_EVERY;
+            assert!(!probe(b, at, 0, p));
+        };
+        // The copier's aftermath shows in every probe: the reference holds.
+        for _ in 0..5 {
+            next(&mut b, Some((ms(20), 100)));
+        }
+        assert_eq!(b.own_p99(), Some(ms(4)));
+        // Too few requests: nothing learnt.
+        next(&mut b, Some((ms(1), 3)));
+        assert_eq!(b.own_p99(), Some(ms(4)));
+        // Lower probes lower it, once they are the median of the recent ones.
+        for (p, want) in [(2, 4), (2, 4), (2, 2)] {
+            next(&mut b, Some((ms(p), 100)));
+            assert_eq!(b.own_p99(), Some(ms(want)));
+        }
+        // After a long stop the p99 then is the application's own.
+        b.reanchor(ms(7));
+        assert_eq!(b.own_p99(), Some(ms(7)));
+        next(&mut b, Some((ms(6), 100)));
+        assert_eq!(b.own_p99(), Some(ms(7)));
+        next(&mut b, Some((ms(6), 100)));
+        assert_eq!(b.own_p99(), Some(ms(6)));
     }
 
     #[test]
@@ -298,7 +413,8 @@ mod tests {
             ..Bounds::default()
         };
         assert_eq!(p99_bound(&rel, None).0, Duration::ZERO);
-        let (b, name) = p99_bound(&rel, Some(ms(2)));
+        let (b, name, relative) = p99_bound(&rel, Some(ms(2)));
+        assert!(relative);
         assert_eq!(b, ms(3));
         assert!(
             name.contains("max_p99_ratio 1.5 x the application's own p99 2.00 ms"),
