@@ -151,9 +151,19 @@ impl Baseline {
     }
 }
 
-/// The latency bound in force (zero: none), how to name it to operators,
-/// and whether it is the relative one.
-fn p99_bound(bounds: &Bounds, own: Option<Duration>) -> (Duration, String, bool) {
+/// The latency bound in force.
+#[derive(Debug)]
+struct P99Bound {
+    /// Zero: none.
+    max: Duration,
+    /// How to name it to operators.
+    name: String,
+    /// `max_p99_ratio` times the application's own p99 (else `max_p99_ms`).
+    relative: bool,
+}
+
+/// The lower of the absolute and relative bounds that are set.
+fn p99_bound(bounds: &Bounds, own: Option<Duration>) -> P99Bound {
     let absolute = format!("max_p99_ms {:.2}", ms(bounds.max_p99));
     let relative = own.filter(|_| bounds.p99_ratio > 0.0).map(|own| {
         let b = own.mul_f64(bounds.p99_ratio);
@@ -166,8 +176,16 @@ fn p99_bound(bounds: &Bounds, own: Option<Duration>) -> (Duration, String, bool)
         (b, name)
     });
     match relative {
-        Some((b, name)) if bounds.max_p99.is_zero() || b < bounds.max_p99 => (b, name, true),
-        _ => (bounds.max_p99, absolute, false),
+        Some((max, name)) if bounds.max_p99.is_zero() || max < bounds.max_p99 => P99Bound {
+            max,
+            name,
+            relative: true,
+        },
+        _ => P99Bound {
+            max: bounds.max_p99,
+            name: absolute,
+            relative: false,
+        },
     }
 }
 
@@ -219,8 +237,8 @@ pub(super) async fn run(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>) {
         } else {
             baseline = None;
         }
-        let (max_p99, bound_name, relative) =
-            p99_bound(&bounds, baseline.as_ref().and_then(Baseline::own_p99));
+        let bound = p99_bound(&bounds, baseline.as_ref().and_then(Baseline::own_p99));
+        let max_p99 = bound.max;
         let mut reason = None;
         let mut slow_reason = None;
         if max_p99.is_zero() {
@@ -235,12 +253,14 @@ pub(super) async fn run(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>) {
             slowdown = next_slowdown(slowdown, p99, max_p99);
             if p99 > max_p99 && was >= MAX_SLOWDOWN {
                 let since = *stopped_since.get_or_insert_with(Instant::now);
-                let window = proxy.latency.p99(PROBE_WINDOW).map(|(d, _)| d);
-                match (baseline.as_mut(), window) {
-                    // The relative bound binds and the copier has rested long
-                    // enough for its effects to pass: the p99 now is the
-                    // application's own.
-                    (Some(b), Some(own)) if relative && since.elapsed() >= IDLE_BLAME => {
+                // The relative bound binds and the copier has rested long
+                // enough for its effects to pass: the p99 now is the
+                // application's own.
+                let own = (bound.relative && since.elapsed() >= IDLE_BLAME)
+                    .then(|| proxy.latency.p99(PROBE_WINDOW).map(|(d, _)| d))
+                    .flatten();
+                match (baseline.as_mut(), own) {
+                    (Some(b), Some(own)) => {
                         b.reanchor(own);
                         stopped_since = None;
                         tracing::info!(
@@ -250,12 +270,13 @@ pub(super) async fn run(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>) {
                             ms(own.mul_f64(bounds.p99_ratio))
                         );
                     }
-                    _ => reason = Some(stopped_reason(ms(p99), &bound_name, since.elapsed())),
+                    _ => reason = Some(stopped_reason(ms(p99), &bound, since.elapsed())),
                 }
             } else if slowdown > 0.0 {
                 slow_reason = Some(format!(
-                    "proxy p99 latency {:.2} ms against {bound_name}: copier rests {slowdown:.1}x each batch",
-                    ms(p99)
+                    "proxy p99 latency {:.2} ms against {}: copier rests {slowdown:.1}x each batch",
+                    ms(p99),
+                    bound.name
                 ));
             }
         } else {
@@ -298,10 +319,10 @@ const IDLE_BLAME: Duration = Duration::from_secs(30);
 
 /// Why the p99 bound stops the copier; after `IDLE_BLAME` the reason tells
 /// the operator that the bound sits under the application's own p99.
-fn stopped_reason(p99_ms: f64, bound: &str, stopped: Duration) -> String {
-    let mut reason = format!("proxy p99 latency {p99_ms:.2} ms above {bound}");
+fn stopped_reason(p99_ms: f64, bound: &P99Bound, stopped: Duration) -> String {
+    let mut reason = format!("proxy p99 latency {p99_ms:.2} ms above {}", bound.name);
     if stopped >= IDLE_BLAME {
-        let setting = if bound.contains("max_p99_ratio") {
+        let setting = if bound.relative {
             "max_p99_ratio"
         } else {
             "max_p99_ms"
@@ -320,9 +341,16 @@ mod tests {
 
     #[test]
     fn a_long_stop_blames_the_bound_not_the_copier() {
-        let short = stopped_reason(3.0, "max_p99_ms 2.00", Duration::from_secs(5));
+        let abs = p99_bound(
+            &Bounds {
+                max_p99: Duration::from_millis(2),
+                ..Bounds::default()
+            },
+            None,
+        );
+        let short = stopped_reason(3.0, &abs, Duration::from_secs(5));
         assert_eq!(short, "proxy p99 latency 3.00 ms above max_p99_ms 2.00");
-        let long = stopped_reason(3.0, "max_p99_ms 2.00", Duration::from_secs(45));
+        let long = stopped_reason(3.0, &abs, Duration::from_secs(45));
         assert!(
             long.contains("copier stopped for 45 s") && long.contains("raise max_p99_ms"),
             "{long}"
@@ -407,25 +435,27 @@ mod tests {
             max_p99: ms(10),
             ..Bounds::default()
         };
-        assert_eq!(p99_bound(&abs, Some(ms(2))).0, ms(10));
+        assert_eq!(p99_bound(&abs, Some(ms(2))).max, ms(10));
         let rel = Bounds {
             p99_ratio: 1.5,
             ..Bounds::default()
         };
-        assert_eq!(p99_bound(&rel, None).0, Duration::ZERO);
-        let (b, name, relative) = p99_bound(&rel, Some(ms(2)));
-        assert!(relative);
-        assert_eq!(b, ms(3));
+        assert_eq!(p99_bound(&rel, None).max, Duration::ZERO);
+        let b = p99_bound(&rel, Some(ms(2)));
+        assert!(b.relative);
+        assert_eq!(b.max, ms(3));
         assert!(
-            name.contains("max_p99_ratio 1.5 x the application's own p99 2.00 ms"),
-            "{name}"
+            b.name
+                .contains("max_p99_ratio 1.5 x the application's own p99 2.00 ms"),
+            "{}",
+            b.name
         );
         let both = Bounds {
             max_p99: ms(10),
             ..rel
         };
-        assert_eq!(p99_bound(&both, Some(ms(2))).0, ms(3));
-        assert_eq!(p99_bound(&both, Some(ms(8))).0, ms(10));
-        assert!(stopped_reason(9.0, &name, Duration::from_secs(60)).contains("raise max_p99_ratio"));
+        assert_eq!(p99_bound(&both, Some(ms(2))).max, ms(3));
+        assert_eq!(p99_bound(&both, Some(ms(8))).max, ms(10));
+        assert!(stopped_reason(9.0, &b, Duration::from_secs(60)).contains("raise max_p99_ratio"));
     }
 }
