@@ -12,8 +12,8 @@ use tokio::sync::{OwnedRwLockWriteGuard, RwLock};
 #[derive(Debug, Default)]
 pub struct Gate {
     closed: AtomicBool,
-    /// How many times the gate has closed.
-    closes: AtomicU64,
+    /// Closes and opens so far: odd while the gate is closed.
+    changes: AtomicU64,
     lock: Arc<RwLock<()>>,
     guard: Mutex<Option<OwnedRwLockWriteGuard<()>>>,
 }
@@ -32,10 +32,11 @@ impl Gate {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// How many times the gate has closed so far: a window of time in which
-    /// this did not change and the gate is open saw no hold.
-    pub fn closes(&self) -> u64 {
-        self.closes.load(Ordering::Acquire)
+    /// How many times the gate has closed or opened so far (odd while it is
+    /// closed): a window of time at whose start and end this is the same
+    /// even number saw no hold.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
     }
 
     /// Close the gate (idempotent). Returns once new requests are held.
@@ -47,7 +48,7 @@ impl Gate {
         let mut slot = self.guard.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
             *slot = Some(g);
-            self.closes.fetch_add(1, Ordering::AcqRel);
+            self.changes.fetch_add(1, Ordering::AcqRel);
             self.closed.store(true, Ordering::Release);
             metrics::gauge!("pgshift_gate_closed").set(1.0);
         }
@@ -58,6 +59,7 @@ impl Gate {
         let mut slot = self.guard.lock().unwrap_or_else(|p| p.into_inner());
         self.closed.store(false, Ordering::Release);
         if slot.take().is_some() {
+            self.changes.fetch_add(1, Ordering::AcqRel);
             metrics::gauge!("pgshift_gate_closed").set(0.0);
         }
     }
@@ -96,6 +98,10 @@ mod tests {
         assert_eq!(waiter.await.unwrap(), Hold::Released);
         assert!(!g.is_closed());
         g.open(); // idempotent
+        assert_eq!(g.changes(), 2, "one close and one open");
+        g.close().await;
+        g.close().await; // idempotent
+        assert_eq!(g.changes() % 2, 1, "odd while closed");
     }
 
     #[tokio::test]

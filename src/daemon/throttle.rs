@@ -52,8 +52,8 @@ pub(super) struct Baseline {
     samples: VecDeque<Duration>,
     reference: Option<Duration>,
     probing_since: Option<Instant>,
-    /// The gate's close count when the probe began.
-    closes_at_start: u64,
+    /// The gate's change count when the probe began.
+    gate_at_start: u64,
     next_probe: Instant,
 }
 
@@ -63,36 +63,36 @@ impl Baseline {
             samples: VecDeque::with_capacity(PROBE_SAMPLES),
             reference: None,
             probing_since: None,
-            closes_at_start: 0,
+            gate_at_start: 0,
             next_probe: now,
         }
     }
 
     /// Advance to `now`; true while the copier must rest for a probe.
-    /// `closes` is how many times the proxy's gate has closed so far (a
-    /// probe in which the gate closed measured the holds of a DDL step, not
-    /// the application, and counts for nothing); `p99` answers the p99 and
+    /// `gate` is the proxy's gate's change count (`Gate::changes`: a probe
+    /// in which the gate was closed at any time measured the holds of a DDL
+    /// step, not the application, and counts for nothing); `p99` answers the p99 and
     /// count of the requests that ended within a window up to now.
     pub fn tick(
         &mut self,
         now: Instant,
-        closes: u64,
+        gate: u64,
         p99: impl FnOnce(Duration) -> Option<(Duration, usize)>,
     ) -> bool {
         match self.probing_since {
             None if now >= self.next_probe => {
                 self.probing_since = Some(now);
-                self.closes_at_start = closes;
+                self.gate_at_start = gate;
                 true
             }
             None => false,
             Some(since) if now.duration_since(since) >= PROBE_SETTLE + PROBE_WINDOW => {
-                let held = closes != self.closes_at_start;
+                let held = gate != self.gate_at_start || gate % 2 == 1;
                 let reading = p99(PROBE_WINDOW)
                     .filter(|(_, n)| *n >= MIN_REQUESTS)
                     .map(|(d, _)| d);
                 match (held, reading) {
-                    (true, _) if self.reference.is_none() => return self.probe_again(now, closes),
+                    (true, _) if self.reference.is_none() => return self.probe_again(now, gate),
                     (true, _) | (false, None) => {}
                     (false, Some(d)) => {
                         if self.samples.len() == PROBE_SAMPLES {
@@ -102,7 +102,7 @@ impl Baseline {
                         let median = self.median();
                         match self.reference {
                             None if self.samples.len() < INITIAL_PROBES => {
-                                return self.probe_again(now, closes)
+                                return self.probe_again(now, gate)
                             }
                             None => self.reference = median,
                             Some(r) => self.reference = median.map(|m| m.min(r)),
@@ -119,9 +119,9 @@ impl Baseline {
 
     /// Measure another window at once (the copier keeps resting; it has
     /// just rested for the settle time).
-    fn probe_again(&mut self, now: Instant, closes: u64) -> bool {
+    fn probe_again(&mut self, now: Instant, gate: u64) -> bool {
         self.probing_since = Some(now.checked_sub(PROBE_SETTLE).unwrap_or(now));
-        self.closes_at_start = closes;
+        self.gate_at_start = gate;
         true
     }
 
@@ -209,7 +209,7 @@ pub(super) async fn run(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>) {
         if bounds.p99_ratio > 0.0 {
             let b = baseline.get_or_insert_with(|| Baseline::new(Instant::now()));
             let was = b.probing();
-            let probing = b.tick(Instant::now(), proxy.gate.closes(), |w| {
+            let probing = b.tick(Instant::now(), proxy.gate.changes(), |w| {
                 proxy.latency.p99(w)
             });
             if probing && !was {
@@ -357,11 +357,12 @@ mod tests {
         );
     }
 
-    /// Runs one whole probe from `at` (settle + window) answering `p99`
-    /// with `closes` gate closes; whether the copier still rests after it.
-    fn probe(b: &mut Baseline, at: Instant, closes: u64, p99: Option<(Duration, usize)>) -> bool {
+    /// Runs one whole probe from `at` (settle + window) answering `p99`,
+    /// the gate's change count `gate` at its end; whether the copier still
+    /// rests after it.
+    fn probe(b: &mut Baseline, at: Instant, gate: u64, p99: Option<(Duration, usize)>) -> bool {
         assert!(b.tick(at, 0, |_| None), "a probe begins");
-        b.tick(at + PROBE_SETTLE + PROBE_WINDOW, closes, |w| {
+        b.tick(at + PROBE_SETTLE + PROBE_WINDOW, gate, |w| {
             assert_eq!(w, PROBE_WINDOW);
             p99
         })
@@ -374,19 +375,28 @@ mod tests {
         let mut b = Baseline::new(t0);
         assert!(b.tick(t0, 0, |_| None));
         assert!(b.tick(t0 + ms(2000), 0, |_| None));
-        // A DDL step held the gate during the window: it measured the holds.
-        assert!(b.tick(t0 + ms(2500), 1, |_| Some((ms(80), 100))));
+        // A DDL step closed and reopened the gate during the window: it
+        // measured the holds.
+        assert!(b.tick(t0 + ms(2500), 2, |_| Some((ms(80), 100))));
         assert_eq!(b.own_p99(), None);
-        // Three clean windows in a row, the copier resting throughout.
+        // The gate closed again and stayed closed through the next window.
         let mut at = t0 + ms(2500);
+        at += PROBE_WINDOW;
+        assert!(b.tick(at, 3, |_| Some((ms(80), 100))));
+        at += PROBE_WINDOW;
+        assert!(b.tick(at, 3, |_| Some((ms(80), 100))));
+        assert_eq!(b.own_p99(), None);
+        // Reopened: three clean windows in a row, the copier resting throughout.
+        at += PROBE_WINDOW;
+        assert!(b.tick(at, 4, |_| Some((ms(80), 100))));
         for (i, p) in [4, 9, 3].into_iter().enumerate() {
             at += PROBE_WINDOW;
-            let resting = b.tick(at, 1, |_| Some((ms(p), 100)));
+            let resting = b.tick(at, 4, |_| Some((ms(p), 100)));
             assert_eq!(resting, i < 2, "probe {i}");
         }
         assert_eq!(b.own_p99(), Some(ms(4)));
         // No probe until PROBE_EVERY has passed.
-        assert!(!b.tick(at + ms(20_000), 1, |_| None));
+        assert!(!b.tick(at + ms(20_000), 4, |_| None));
     }
 
     #[test]
