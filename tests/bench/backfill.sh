@@ -8,9 +8,9 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 bin="$root/target/release/pgshift"
 sizes=("$@"); [ ${#sizes[@]} -gt 0 ] || sizes=(10000 100000 300000 1000000 10000000)
 amp_rows=${PGSHIFT_BENCH_AMP_ROWS:-1000000}
-dir=$(mktemp -d /tmp/pgshift-bench-XXXXXX); chmod 755 "$dir"
-# The scratch dir goes on success; on failure it stays, with the logs.
-trap 'rc=$?; "$root/tests/support/pg.sh" stop "$dir/pg"; [ "$rc" != 0 ] || rm -rf "$dir"' EXIT
+. "$root/tests/support/scratch.sh"
+scratch_dir pgshift-bench
+trap 'scratch_end $?' EXIT
 url=$("$root/tests/support/pg.sh" start "$dir/pg")
 base=${url%/postgres}
 # Seconds a statement took as psql's client measures it (no process start).

@@ -5,11 +5,12 @@
 # request_p99_bound and copier_settings; start_daemon sets port (the
 # proxy), mport (metrics) and daemon_pid.
 
+. "$root/tests/support/scratch.sh"
+
 bench_cluster() { # name prefix of the scratch dir
-  dir=$(mktemp -d "/tmp/$1-XXXXXX"); chmod 755 "$dir"
+  scratch_dir "$1"
   daemon_pid=
-  # The scratch dir goes on success; on failure it stays, with the logs.
-  trap 'rc=$?; { [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null; } || true; "$root/tests/support/pg.sh" stop "$dir/pg"; [ "$rc" != 0 ] || rm -rf "$dir"' EXIT
+  trap 'rc=$?; { [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null; } || true; scratch_end $rc' EXIT
   url=$("$root/tests/support/pg.sh" start "$dir/pg")
 }
 

@@ -14,14 +14,13 @@ bindir=${PGSHIFT_PG_BINDIR:-/usr/lib/postgresql/15/bin}
 pgbench="$bindir/pgbench"; [ -x "$pgbench" ] || pgbench=pgbench
 command -v pgbouncer >/dev/null || { echo "pgbouncer is missing: make bench installs it (apt-get install pgbouncer)" >&2; exit 1; }
 
-dir=$(mktemp -d /tmp/pgshift-pbench-XXXXXX); chmod 755 "$dir"
+. "$root/tests/support/scratch.sh"
+scratch_dir pgshift-pbench
 pids=()
-# The scratch dir goes on success; on failure it stays, with the logs.
 cleanup() {
   local rc=$?
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  "$root/tests/support/pg.sh" stop "$dir/pg"
-  [ "$rc" != 0 ] || rm -rf "$dir"
+  scratch_end "$rc"
 }
 trap cleanup EXIT
 url=$(PGSHIFT_PG_EXTRA="-c max_connections=700" "$root/tests/support/pg.sh" start "$dir/pg")

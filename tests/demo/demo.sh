@@ -9,14 +9,15 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin="$root/target/release/pgshift"
 rows=${DEMO_ROWS:-300000}
-dir=$(mktemp -d /tmp/pgshift-demo-XXXXXX); chmod 755 "$dir"
+. "$root/tests/support/scratch.sh"
+scratch_dir pgshift-demo
 daemon_pid=
 # On success nothing is left behind; on failure the logs stay for a look.
 cleanup() {
   local rc=$?
   [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
-  "$root/tests/support/pg.sh" stop "$dir/pg"
-  if [ "$rc" = 0 ]; then rm -rf "$dir"; else echo "demo failed; daemon and client logs kept in $dir" >&2; fi
+  scratch_end "$rc"
+  [ "$rc" = 0 ] || echo "demo failed; daemon and client logs kept in $dir" >&2
 }
 trap cleanup EXIT
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
