@@ -36,6 +36,7 @@ params!(
     bool => Type::BOOL,
     i32 => Type::INT4,
     i64 => Type::INT8,
+    Vec<i32> => Type::INT4_ARRAY,
     Vec<String> => Type::TEXT_ARRAY,
     Option<Vec<String>> => Type::TEXT_ARRAY,
     serde_json::Value => Type::JSONB,

@@ -4,12 +4,13 @@
 //! the lock in time (SQLSTATE 55P03) or picks the step as a deadlock victim
 //! (40P01), the step is rolled back and retried after a jittered exponential
 //! backoff, a bounded number of times; the last failure names the statement
-//! and the sessions holding locks on its table. A transactional step commits
+//! and the sessions holding locks on its table. An autovacuum in the way of a
+//! blocking step is cancelled first (see `autovacuum`). A transactional step commits
 //! together with the migration's step cursor, so a crash never runs a step
 //! twice nor skips one.
 
-use super::failpoint;
 use super::state::{self, Phase};
+use super::{autovacuum, failpoint};
 use crate::error::{describe_db_error, Error, Result};
 use crate::plan::{Action, Step};
 use crate::sql::{literal, qualified};
@@ -108,18 +109,24 @@ pub async fn run_step(
     let mut attempt = 0;
     loop {
         attempt += 1;
+        let strong = !step.weak_lock && !matches!(step.action, Action::CreateIndex { .. });
+        // An autovacuum on the table would outlast every short attempt.
+        let timeout = match (&step.lock_table, strong) {
+            (_, false) => policy.timeout.max(WEAK_LOCK_TIMEOUT),
+            (Some((s, t)), true) => match autovacuum::clear(client, s, t).await {
+                autovacuum::Clearance::Clear => policy.timeout,
+                autovacuum::Clearance::WaitForPostgres(d) => policy.timeout.max(d),
+            },
+            (None, true) => policy.timeout,
+        };
         let gated = match &policy.gate {
-            Some(schema)
-                if step.lock_table.is_some()
-                    && !step.weak_lock
-                    && !matches!(step.action, Action::CreateIndex { .. }) =>
-            {
+            Some(schema) if step.lock_table.is_some() && strong => {
                 close_gates(client, schema).await?;
                 Some(schema)
             }
             _ => None,
         };
-        let res = attempt_step(client, step, cursor, policy).await;
+        let res = attempt_step(client, step, cursor, timeout).await;
         if let Some(schema) = gated {
             // Whatever happened, let the held sessions go.
             if let Err(e) = state::request(
@@ -265,13 +272,8 @@ async fn attempt_step(
     client: &Client,
     step: &Step,
     cursor: Option<(&Cursor<'_>, usize)>,
-    policy: &LockPolicy,
+    wait: Duration,
 ) -> std::result::Result<(), Failure> {
-    let wait = if step.weak_lock || matches!(step.action, Action::CreateIndex { .. }) {
-        policy.timeout.max(WEAK_LOCK_TIMEOUT)
-    } else {
-        policy.timeout
-    };
     let timeout = format!(
         "SET lock_timeout = {}",
         literal(&format!("{}ms", wait.as_millis()))

@@ -11,6 +11,7 @@
 //! crashed run stopped. A session advisory lock keeps two pgshift processes
 //! off one schema.
 
+pub mod autovacuum;
 pub mod exec;
 pub mod failpoint;
 pub mod state;

@@ -335,3 +335,83 @@ async fn pull_writes_back_the_applied_files_and_migrate_finds_nothing_to_do() {
         one
     );
 }
+
+/// Wait (up to a minute) until an autovacuum worker holds a lock on `t`.
+async fn autovacuum_on_t(c: &tokio_postgres::Client) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while support::rows(c, "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE a.backend_type = 'autovacuum worker' AND l.relation = 't'::regclass").await != "1" {
+        assert!(std::time::Instant::now() < deadline, "no autovacuum on t within a minute");
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn a_long_autovacuum_on_the_table_does_not_starve_start_and_rollback() {
+    // Postgres cancels an autovacuum in a waiter's way only after
+    // deadlock_timeout (1 s), longer than a 500 ms attempt: without pgshift
+    // stepping in, every attempt would time out behind it.
+    let dir = support::temp_dir("autovacuum");
+    let pg = support::OwnCluster::start(
+        &dir.join("pg"),
+        &[("PGSHIFT_PG_EXTRA", "-c autovacuum_naptime=1")],
+    )
+    .await;
+    let db = pg.db();
+    let c = db.client().await;
+    // An autovacuum that crawls (a cost limit of 1 per 100 ms) over dead rows.
+    c.batch_execute(
+        "CREATE ROLE app LOGIN; GRANT CREATE ON DATABASE postgres TO app; GRANT CREATE ON SCHEMA public TO app;
+         SET ROLE app;
+         CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 50000) g;
+         ALTER TABLE t SET (autovacuum_vacuum_threshold = 0, autovacuum_vacuum_scale_factor = 0,
+                            autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1);
+         DELETE FROM t WHERE id % 10 = 0; RESET ROLE",
+    )
+    .await
+    .unwrap();
+    db.pgshift(&["init"]).ok();
+    c.batch_execute("GRANT ALL ON SCHEMA pgshift TO app; GRANT ALL ON ALL TABLES IN SCHEMA pgshift TO app; GRANT ALL ON ALL SEQUENCES IN SCHEMA pgshift TO app")
+        .await
+        .unwrap();
+    let f = support::write_migration(
+        &dir,
+        "01_w",
+        "operations:\n  - add_column:\n      table: t\n      column: {name: w, type: int, nullable: true}\n",
+    );
+    let quick = ["--lock-retries", "3"];
+
+    // A superuser cancels the worker, as Postgres would a second later.
+    autovacuum_on_t(&c).await;
+    let out = db.pgshift(&[&["start", f.to_str().unwrap()][..], &quick].concat());
+    out.ok();
+    assert!(
+        out.stderr
+            .contains("cancelled the autovacuum holding public.t"),
+        "{}",
+        out.stderr
+    );
+    autovacuum_on_t(&c).await;
+    let out = db.pgshift(&[&["rollback"][..], &quick].concat());
+    out.ok();
+    assert!(
+        out.stderr
+            .contains("cancelled the autovacuum holding public.t"),
+        "{}",
+        out.stderr
+    );
+
+    // The table's owner, who may neither cancel the worker nor see what it
+    // is, waits long enough for Postgres to cancel it.
+    let app = support::TestDb {
+        url: db.url.replace("postgres@", "app@"),
+        name: db.name.clone(),
+    };
+    autovacuum_on_t(&c).await;
+    let out = app.pgshift(&[&["start", f.to_str().unwrap()][..], &quick].concat());
+    out.ok();
+    assert!(out.stderr.contains("waiting that long"), "{}", out.stderr);
+    assert_eq!(
+        support::rows(&c, "SELECT count(*) FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = '_pgshift_new_w'").await,
+        "1"
+    );
+}

@@ -2,8 +2,8 @@
 //! and malformed client bytes (that connection gets an error and is closed,
 //! other sessions carry on).
 
-use crate::harness::{client, error_of, OwnCluster, Raw, TestProxy};
-use crate::support::{self, rows};
+use crate::harness::{client, error_of, Raw, TestProxy};
+use crate::support::{self, rows, OwnCluster};
 use pgshift_proxy::RoutingTable;
 use std::time::{Duration, Instant};
 

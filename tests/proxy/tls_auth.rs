@@ -1,8 +1,8 @@
 //! TLS towards clients and towards Postgres, and the authentication relay
 //! (cleartext, md5, SCRAM-SHA-256 pass through; Postgres stays the authority).
 
-use crate::harness::{client, psql, run, OwnCluster, TestProxy};
-use crate::support::{self, rows};
+use crate::harness::{client, psql, run, TestProxy};
+use crate::support::{self, rows, OwnCluster};
 use pgshift_proxy::RoutingTable;
 use std::path::{Path, PathBuf};
 

@@ -312,3 +312,87 @@ pub async fn spawn_server(
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, port)
 }
+
+/// A Postgres cluster of one test's own (`tests/support/pg.sh`), for tests
+/// that stop it or need other server settings; stopped and removed when
+/// dropped, even when the test fails.
+pub struct OwnCluster {
+    pub dir: PathBuf,
+    /// URL of its `postgres` database.
+    pub url: String,
+    pub port: String,
+}
+
+async fn pg_sh(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(repo_root().join("tests/support/pg.sh"));
+    cmd.args(args).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().await.expect("run pg.sh")
+}
+
+impl OwnCluster {
+    /// Start a cluster in `dir` (created); `env` goes to pg.sh (PGSHIFT_PG_EXTRA, ...).
+    pub async fn start(dir: &Path, env: &[(&str, &str)]) -> OwnCluster {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = pg_sh(&["start", dir.to_str().unwrap()], env).await;
+        assert!(
+            out.status.success(),
+            "pg.sh start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = std::fs::read_to_string(dir.join("port"))
+            .unwrap()
+            .trim()
+            .to_string();
+        OwnCluster {
+            dir: dir.to_path_buf(),
+            url: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            port,
+        }
+    }
+
+    /// Stop the server, keeping its data.
+    pub async fn halt(&self) {
+        let out = pg_sh(&["halt", self.dir.to_str().unwrap()], &[]).await;
+        assert!(
+            out.status.success(),
+            "pg.sh halt: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Start it again on the same port.
+    pub async fn restart(&self) {
+        let out = pg_sh(
+            &["start", self.dir.to_str().unwrap()],
+            &[("PGSHIFT_PG_PORT", &self.port)],
+        )
+        .await;
+        assert!(
+            out.status.success(),
+            "pg.sh start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Its `postgres` database as a [`TestDb`], to run `pgshift` against.
+    pub fn db(&self) -> TestDb {
+        TestDb {
+            url: self.url.clone(),
+            name: "postgres".into(),
+        }
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(repo_root().join("tests/support/pg.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
