@@ -41,6 +41,10 @@ pub struct Control {
     /// The kind of the last wait logged at info: a latency throttle that
     /// stops the copier many times a minute logs once, then at debug.
     logged: std::sync::Mutex<Option<&'static str>>,
+    /// The migration whose backfill the copier keeps off, and until when: a
+    /// CLI command (rollback) needs the schema's lock the copier holds while
+    /// it backfills.
+    aside: std::sync::Mutex<Option<(String, Instant)>>,
 }
 
 impl Control {
@@ -53,6 +57,39 @@ impl Control {
             *self.logged.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
         self.changed.notify_waiters();
+    }
+
+    /// Stop the backfill of `migration` at its next batch boundary (at once
+    /// if it waits or rests) and start it again only after `period`.
+    pub fn step_aside(&self, migration: &str, period: Duration) {
+        *self.aside.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((migration.to_string(), Instant::now() + period));
+        self.changed.notify_waiters();
+    }
+
+    /// Lift a [`Control::step_aside`] from `migration`.
+    pub fn step_back(&self, migration: &str) {
+        let mut aside = self.aside.lock().unwrap_or_else(|p| p.into_inner());
+        if aside.as_ref().is_some_and(|(m, _)| m == migration) {
+            *aside = None;
+        }
+    }
+
+    /// Is the copier asked to keep off `migration`'s backfill?
+    pub fn stepping_aside(&self, migration: &str) -> bool {
+        self.aside
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|(m, t)| m == migration && Instant::now() < *t)
+    }
+
+    /// Sleep `period`, or less if something changes (a step-aside request).
+    async fn rest(&self, period: Duration) {
+        let changed = self.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let _ = tokio::time::timeout(period, changed).await;
     }
 
     pub fn paused(&self) -> bool {
@@ -130,15 +167,16 @@ impl Control {
             .clone()
     }
 
-    /// Wait while paused or throttled.
-    async fn wait(&self) {
+    /// Wait while paused or throttled (not once asked to step aside from
+    /// `migration`).
+    async fn wait(&self, migration: &str) {
         let gauge = metrics::gauge!("pgshift_backfill_throttled");
         let mut logged: Option<String> = None;
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let holding = self.holding();
+            let holding = self.holding().filter(|_| !self.stepping_aside(migration));
             let kind = self.state().map(|r| {
                 if self.paused() {
                     "paused"
@@ -590,7 +628,16 @@ async fn walk(
     let copy_began = Instant::now();
     loop {
         if let Some(c) = &opts.control {
-            c.wait().await;
+            c.wait(migration).await;
+            if c.stepping_aside(migration) {
+                return Err(Error::new(
+                    crate::error::Kind::SteppedAside,
+                    format!(
+                        "backfill of {} stopped: the copier stepped aside for a pgshift command",
+                        spec.table
+                    ),
+                ));
+            }
             // A fixed size set while the copier ran or waited applies now.
             if let Some((_, Some(n))) = c.sizing() {
                 size = n.max(1);
@@ -689,7 +736,10 @@ async fn walk(
             .map(|c| c.slowdown())
             .filter(|r| *r > 0.0)
         {
-            tokio::time::sleep(began.elapsed().mul_f64(ratio.min(1000.0))).await;
+            let rest = began.elapsed().mul_f64(ratio.min(1000.0));
+            if let Some(c) = &opts.control {
+                c.rest(rest).await;
+            }
         }
         // A rate limit stretches each batch to rows / limit seconds.
         if let Some(limit) = opts
@@ -699,8 +749,8 @@ async fn walk(
             .filter(|l| *l > 0)
         {
             let min = Duration::from_secs_f64(n as f64 / limit as f64);
-            if let Some(rest) = min.checked_sub(began.elapsed()) {
-                tokio::time::sleep(rest).await;
+            if let (Some(rest), Some(c)) = (min.checked_sub(began.elapsed()), &opts.control) {
+                c.rest(rest).await;
             }
         }
     }

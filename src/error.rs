@@ -23,6 +23,9 @@ pub enum Kind {
     Io,
     /// Command-line or configuration values are wrong.
     Config,
+    /// A daemon's copier stopped a backfill because a pgshift command
+    /// (rollback) asked for the schema.
+    SteppedAside,
 }
 
 /// The error type of every pgshift operation.

@@ -192,6 +192,7 @@ async fn handle_request(
     payload: &str,
     cfg: &Config,
     proxy: &pgshift_proxy::Proxy,
+    control: &crate::backfill::Control,
     closed_at: &mut Option<std::time::Instant>,
 ) -> Option<String> {
     let mut parts = payload.splitn(4, '|');
@@ -213,6 +214,18 @@ async fn handle_request(
             proxy.gate.open();
             *closed_at = None;
             Some(arg.to_string())
+        }
+        "step_aside" => {
+            tracing::info!(
+                migration = arg,
+                "copier: stepping aside for a pgshift command (rollback)"
+            );
+            control.step_aside(arg, crate::engine::STEP_ASIDE_PERIOD);
+            None
+        }
+        "step_back" => {
+            control.step_back(arg);
+            None
         }
         "drain" => {
             let db = proxy.router.current().database.clone();
@@ -290,7 +303,9 @@ async fn control_loop(
                         _ = tokio::time::sleep(Duration::from_secs(1)) => None,
                     };
                     if let Some(m) = msg {
-                        if let Some(a) = handle_request(&m, &cfg, &proxy, &mut closed_at).await {
+                        if let Some(a) =
+                            handle_request(&m, &cfg, &proxy, &live.control, &mut closed_at).await
+                        {
                             ack = Some(a);
                         }
                     }
@@ -355,6 +370,9 @@ async fn copier_loop(live: Arc<Live>) {
             match engine.run_pending_backfill().await {
                 Ok(Some(name)) => tracing::info!("copier: backfill of {name:?} done"),
                 Ok(None) => {}
+                Err(e) if e.kind() == crate::error::Kind::SteppedAside => {
+                    tracing::info!("copier: {e}")
+                }
                 Err(e) => {
                     errors.increment(1);
                     tracing::warn!("copier: {e}");

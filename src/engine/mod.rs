@@ -27,6 +27,13 @@ use serde::Serialize;
 use state::{MigrationRow, Phase};
 use tokio_postgres::{Client, NoTls};
 
+/// How long `rollback` waits for a daemon's copier to stop backfilling.
+const STEP_ASIDE_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long a daemon's copier keeps off the backfill when asked to step
+/// aside: long enough for the command that asked to take the lock.
+pub const STEP_ASIDE_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Settings of one engine session.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -356,7 +363,18 @@ impl Engine {
             return Ok(None);
         }
         match state::active(&self.client, self.schema()).await? {
-            Some(r) if r.phase == Phase::Backfilling => {}
+            Some(r) if r.phase == Phase::Backfilling => {
+                // Asked to keep off it (a rollback is taking the lock).
+                if self
+                    .opts
+                    .backfill
+                    .control
+                    .as_ref()
+                    .is_some_and(|c| c.stepping_aside(&r.name))
+                {
+                    return Ok(None);
+                }
+            }
             _ => return Ok(None),
         }
         state::lock(&self.client, self.schema()).await?;
@@ -583,17 +601,58 @@ impl Engine {
         Ok(row.name)
     }
 
-    /// Roll back the active migration. Returns its name.
+    /// Roll back the active migration. Returns its name. A daemon's copier
+    /// backfilling it is asked to step aside first.
     pub async fn rollback(&self) -> Result<String> {
-        let row = self.locked_active("roll back").await?;
-        if row.phase == Phase::Completing {
-            return Err(Error::state(format!(
-                "complete of {:?} has begun and cannot be undone; run `pgshift complete` to finish it",
-                row.name
-            )));
+        let aside = if state::initialized(&self.client).await? {
+            self.take_over_from_copier().await?
+        } else {
+            None
+        };
+        let res = async {
+            let row = self.locked_active("roll back").await?;
+            if row.phase == Phase::Completing {
+                return Err(Error::state(format!(
+                    "complete of {:?} has begun and cannot be undone; run `pgshift complete` to finish it",
+                    row.name
+                )));
+            }
+            self.rollback_row(&row.name).await?;
+            Ok(row.name)
         }
-        self.rollback_row(&row.name).await?;
-        Ok(row.name)
+        .await;
+        if let Some(name) = aside {
+            // Done with the lock's work: the copier may take on a backfill of
+            // that name again (a new start of the same file).
+            if let Err(e) = state::request(&self.client, self.schema(), "step_back", &name).await {
+                tracing::warn!("letting the daemon's copier go on: {e}");
+            }
+        }
+        res
+    }
+
+    /// If a daemon's copier is backfilling the active migration (holding the
+    /// schema's lock), ask it to stop and take the lock once it has. Returns
+    /// the migration it was asked to step aside from.
+    async fn take_over_from_copier(&self) -> Result<Option<String>> {
+        let Some(a) = state::active(&self.client, self.schema()).await? else {
+            return Ok(None);
+        };
+        if a.phase != Phase::Backfilling
+            || state::copier_leader(&self.client, self.schema())
+                .await?
+                .is_none()
+        {
+            return Ok(None);
+        }
+        tracing::info!(
+            "asking the daemon's copier to stop backfilling {:?}",
+            a.name
+        );
+        state::request(&self.client, self.schema(), "step_aside", &a.name).await?;
+        // It stops at its next batch boundary; a batch is short.
+        state::lock_within(&self.client, self.schema(), STEP_ASIDE_GRACE).await?;
+        Ok(Some(a.name))
     }
 
     /// Roll back the active migration `name`; the advisory lock is held.

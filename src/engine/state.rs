@@ -334,7 +334,12 @@ pub async fn copier_leader(client: &Client, schema: &str) -> Result<Option<i32>>
 /// [`LOCK_GRACE`], or fail naming the process that holds it. Released when
 /// the connection closes.
 pub async fn lock(client: &Client, schema: &str) -> Result<()> {
-    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    lock_within(client, schema, LOCK_GRACE).await
+}
+
+/// [`lock`], waiting at most `grace`.
+pub async fn lock_within(client: &Client, schema: &str, grace: std::time::Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + grace;
     let mut pause = std::time::Duration::from_millis(10);
     loop {
         let got: bool = crate::pg::query_one(

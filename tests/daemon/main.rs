@@ -485,6 +485,75 @@ async fn pause_holds_the_copier_and_resume_lets_it_finish() {
     );
 }
 
+/// Does a daemon's copier hold the schema's lock (it does while it backfills)?
+async fn copier_holds_schema_lock(c: &tokio_postgres::Client) -> bool {
+    rows(
+        c,
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+               WHERE l.locktype = 'advisory' AND l.objid = hashtext('public')::oid AND l.granted
+                 AND a.application_name = 'pgshift-copier'",
+    )
+    .await
+        == "1"
+}
+
+#[tokio::test]
+async fn rollback_stops_the_daemons_copier_mid_backfill_and_a_new_start_backfills_again() {
+    let (db, c, _d) = setup(
+        "d_rollback",
+        "[backfill]\nbatch_size = 200\nbatch_delay_ms = 10\n",
+    )
+    .await;
+    copier_leads(&c).await;
+    let f = migration_file("d-rollback");
+    // Paused: the copier has taken the backfill (and the schema's lock) and
+    // waits, the way an operator or the latency throttle holds it.
+    db.pgshift(&["pause"]).ok();
+    db.pgshift(&["start", f.to_str().unwrap()]).ok();
+    until("the copier to take the backfill", || async {
+        copier_holds_schema_lock(&c).await
+    })
+    .await;
+    let out = db.pgshift(&["rollback"]);
+    out.ok();
+    assert!(
+        out.stderr
+            .contains("asking the daemon's copier to stop backfilling"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        rows(&c, "SELECT count(*) FROM pgshift.migrations").await,
+        "0"
+    );
+    assert!(support::leftovers(&c, None).await.is_empty());
+    assert_eq!(
+        rows(&c, "SELECT count(*), sum(score::int) FROM users").await,
+        "20000|90000"
+    );
+    // The same file again: the copier takes it on at once (it stepped aside
+    // only for the rollback) and finishes.
+    db.pgshift(&["resume"]).ok();
+    db.pgshift(&["start", f.to_str().unwrap(), "--wait"]).ok();
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT phase, (SELECT sum(rows_done) FROM pgshift.backfills) FROM pgshift.migrations"
+        )
+        .await,
+        "active|20000"
+    );
+    db.pgshift(&["complete"]).ok();
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT sum(score), count(full_name), sum(visits) FROM users"
+        )
+        .await,
+        "90000|20000|0"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relative_latency_bound_rests_the_copier_to_measure_the_applications_own_p99() {
     use std::sync::atomic::{AtomicBool, Ordering};
