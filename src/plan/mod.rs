@@ -205,8 +205,10 @@ pub struct Planner<'a> {
     /// Constraints on new columns, keyed by physical table: added (NOT
     /// VALID) in the transaction that installs the table's dual-write
     /// trigger, never before it; otherwise old-version writes in between
-    /// would leave the new column NULL and break them.
-    pub after_trigger: Vec<(String, String)>,
+    /// would leave the new column NULL and break them. Rollback drops them
+    /// in the transaction that removes the trigger, for the same reason.
+    /// (table, constraint name, statement).
+    pub after_trigger: Vec<(String, String, String)>,
     /// Columns duplicated by this migration.
     pub duplicated: Vec<Duplicated>,
     /// Constraints the existing rows must satisfy (checked before start).
@@ -277,10 +279,11 @@ impl<'a> Planner<'a> {
         });
     }
 
-    /// Add `sql` (an `ADD CONSTRAINT ... NOT VALID` on a new column of
+    /// Add `sql` (an `ADD CONSTRAINT name ... NOT VALID` on a new column of
     /// `table`) once the dual-write trigger fills that column.
-    pub fn constrain(&mut self, table: &str, sql: String) {
-        self.after_trigger.push((table.to_string(), sql));
+    pub fn constrain(&mut self, table: &str, name: &str, sql: String) {
+        self.after_trigger
+            .push((table.to_string(), name.to_string(), sql));
     }
 
     /// Add constraint `name` (`def`, e.g. `CHECK (...)`) on `table` NOT
@@ -290,6 +293,7 @@ impl<'a> Planner<'a> {
         let t = self.q(table);
         self.constrain(
             table,
+            name,
             format!(
                 "ALTER TABLE {t} ADD CONSTRAINT {} {def} NOT VALID",
                 ident(name)
@@ -695,10 +699,18 @@ fn finish(mut p: Planner<'_>, previous_version_schema: Option<String>) -> Result
         }
         let mut body =
             triggers::install_sql(t, &table, base_table, &p.version_schema, needs_backfill);
-        for (_, sql) in p.after_trigger.iter().filter(|(tbl, _)| *tbl == t.table) {
+        // Its constraints go before the trigger stops filling their columns.
+        let mut removal = String::new();
+        for (_, name, sql) in p.after_trigger.iter().filter(|(tbl, _, _)| *tbl == t.table) {
             body.push_str(";\n");
             body.push_str(sql);
+            removal.push_str(&format!(
+                "ALTER TABLE {} DROP CONSTRAINT IF EXISTS {};\n",
+                p.q(&t.table),
+                ident(name)
+            ));
         }
+        removal.push_str(&triggers::remove_sql(t, true));
         p.start.push(
             Step::sql(format!("install dual-write trigger on {}", t.table), body)
                 .on_table(&schema, &t.table),
@@ -707,7 +719,7 @@ fn finish(mut p: Planner<'_>, previous_version_schema: Option<String>) -> Result
             0,
             Step::sql(
                 format!("remove dual-write trigger from {}", t.table),
-                triggers::remove_sql(t, true),
+                removal,
             )
             .guarded(p.relation_exists_guard(&t.table))
             .on_table(&schema, &t.table),
@@ -717,7 +729,7 @@ fn finish(mut p: Planner<'_>, previous_version_schema: Option<String>) -> Result
     // Constraints on new columns of tables without a trigger (nothing fills
     // those columns, so nothing can break in between).
     let mut untriggered: Vec<String> = Vec::new();
-    for (tbl, _) in &p.after_trigger {
+    for (tbl, _, _) in &p.after_trigger {
         if !triggers.iter().any(|t| t.table == *tbl) && !untriggered.contains(tbl) {
             untriggered.push(tbl.clone());
         }
@@ -726,8 +738,8 @@ fn finish(mut p: Planner<'_>, previous_version_schema: Option<String>) -> Result
         let sql = p
             .after_trigger
             .iter()
-            .filter(|(t, _)| *t == tbl)
-            .map(|(_, s)| s.clone())
+            .filter(|(t, _, _)| *t == tbl)
+            .map(|(_, _, s)| s.clone())
             .collect::<Vec<_>>()
             .join(";\n");
         p.start

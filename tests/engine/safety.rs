@@ -290,6 +290,46 @@ async fn old_writes_between_expand_steps_are_not_rejected() {
 }
 
 #[tokio::test]
+async fn old_writes_between_rollback_steps_are_not_rejected() {
+    // Stop after each rollback step in turn: old-version writes in between
+    // must still succeed (a NOT NULL check on a new column must not outlive
+    // the trigger that fills it), and the resumed rollback finishes.
+    let mig = "operations:
+  - add_column: {table: t, up: upper(a), column: {name: b, type: text, nullable: false, check: {name: b_nonempty, constraint: length(b) > 0}}}
+  - alter_column: {table: t, column: c, nullable: false, up: 'coalesce(c, 0)', down: c, check: {name: c_positive, constraint: c >= 0}}
+";
+    for k in 1.. {
+        let db = support::fresh_db("between_rollback_steps").await;
+        let c = db.client().await;
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, a text, c int); INSERT INTO t VALUES (1, 'x', NULL)")
+            .await
+            .unwrap();
+        let dir = support::temp_dir(&format!("between_rollback_steps_{k}"));
+        let f = support::write_migration(&dir, "m1", mig);
+        db.pgshift(&["start", f.to_str().unwrap(), "--progress", "none"])
+            .ok();
+        let out = db.pgshift_env(
+            &["rollback"],
+            &[("PGSHIFT_CRASH_AT", &format!("rolling_back:{k}"))],
+        );
+        let crashed = out.code.is_none() || out.code == Some(137);
+        c.batch_execute(&format!(
+            "INSERT INTO t (id, a, c) VALUES ({}, 'y', NULL); UPDATE t SET a = 'z' WHERE id = 1",
+            k + 1
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("old-version write after rollback step {k}: {e:?}"));
+        if !crashed {
+            out.ok();
+            break;
+        }
+        db.pgshift(&["rollback"]).ok();
+        assert!(support::leftovers(&c, None).await.is_empty());
+        assert_eq!(support::rows(&c, "SELECT count(*) FROM t").await, "2");
+    }
+}
+
+#[tokio::test]
 async fn pull_writes_back_the_applied_files_and_migrate_finds_nothing_to_do() {
     let db = support::fresh_db("pull").await;
     let src = support::temp_dir("pull-src");
