@@ -38,6 +38,7 @@ bench: deps release
 	@tests/bench/proxy.sh
 	@tests/bench/daemon.sh
 	@tests/bench/constraints.sh
+	@tests/bench/copier_share.sh
 
 clean:
 	$(CARGO) clean
