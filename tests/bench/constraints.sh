@@ -12,13 +12,9 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin="$root/target/release/pgshift"
-rows=${PGSHIFT_BENCH_ROWS:-10000000}
-rate=${PGSHIFT_BENCH_RATE:-300}
 base_secs=${PGSHIFT_BENCH_BASE_SECS:-240}
 warmup=${PGSHIFT_BENCH_WARMUP_SECS:-60}
 python="$root/target/test-clients/venv/bin/python"
-bindir=${PGSHIFT_PG_BINDIR:-/usr/lib/postgresql/15/bin}
-pgbench="$bindir/pgbench"; [ -x "$pgbench" ] || pgbench=pgbench
 . "$root/tests/bench/daemon_lib.sh"
 . "$root/tests/bench/orders_lib.sh"
 bench_cluster pgshift-cbench

@@ -12,12 +12,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin="$root/target/release/pgshift"
-rows=${PGSHIFT_BENCH_ROWS:-10000000}
-rate=${PGSHIFT_BENCH_RATE:-300}
 cycles=${PGSHIFT_BENCH_CYCLES:-4}
 turn=${PGSHIFT_BENCH_TURN_SECS:-60}
-bindir=${PGSHIFT_PG_BINDIR:-/usr/lib/postgresql/15/bin}
-pgbench="$bindir/pgbench"; [ -x "$pgbench" ] || pgbench=pgbench
 . "$root/tests/bench/daemon_lib.sh"
 . "$root/tests/bench/orders_lib.sh"
 bench_cluster pgshift-share

@@ -3,7 +3,12 @@
 # 100,000 customers, a pgbench script inserting and updating orders at $rate
 # tps from 2 clients through the daemon's proxy, and the migration that makes
 # customer_id NOT NULL with a foreign key. Source it after daemon_lib.sh with
-# root, bin, rows, rate and pgbench set.
+# root and bin set.
+
+rows=${PGSHIFT_BENCH_ROWS:-10000000}
+rate=${PGSHIFT_BENCH_RATE:-300}
+bindir=${PGSHIFT_PG_BINDIR:-/usr/lib/postgresql/15/bin}
+pgbench="$bindir/pgbench"; [ -x "$pgbench" ] || pgbench=pgbench
 
 # Create and load the bench database, write the load's pages out, start the
 # daemon on it. Sets db, mig (the migration file) and the daemon's variables.

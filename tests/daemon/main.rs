@@ -766,7 +766,13 @@ async fn deploy_rules_and_dashboard_use_only_metrics_the_daemon_exports() {
 
     // A daemon that has done everything once: a handed-off backfill, a
     // pause, proxied queries and an error, a gate hold, a complete.
-    let (db, c, d) = setup("d_deploy", "[backfill]\nbatch_size = 5000\n").await;
+    // A hold long enough to be seen by a heartbeat on a loaded machine (a CI
+    // run once missed one within the default 10 s).
+    let (db, c, d) = setup(
+        "d_deploy",
+        "[backfill]\nbatch_size = 5000\n[proxy]\ngate_max_hold_ms = 120000\n",
+    )
+    .await;
     db.pgshift(&["pause"]).ok();
     let f = migration_file("d-deploy");
     db.pgshift(&["start", f.to_str().unwrap()]).ok();
