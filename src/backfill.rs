@@ -45,6 +45,8 @@ pub struct Control {
     /// CLI command (rollback) needs the schema's lock the copier holds while
     /// it backfills.
     aside: std::sync::Mutex<Option<(String, Instant)>>,
+    /// A backfill is running (between its first and last batch).
+    backfilling: std::sync::atomic::AtomicBool,
 }
 
 impl Control {
@@ -65,6 +67,11 @@ impl Control {
         *self.aside.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((migration.to_string(), Instant::now() + period));
         self.changed.notify_waiters();
+    }
+
+    /// Is a backfill running under this control?
+    pub fn backfilling(&self) -> bool {
+        self.backfilling.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Lift a [`Control::step_aside`] from `migration`.
@@ -444,7 +451,15 @@ pub async fn run(
         ))
         .await
         .map_err(|e| Error::db(ctx("session setup"), e))?;
+    let flag = |on: bool| {
+        if let Some(c) = &opts.control {
+            c.backfilling
+                .store(on, std::sync::atomic::Ordering::Release);
+        }
+    };
+    flag(true);
     let result = walk(client, migration, spec, opts, progress).await;
+    flag(false);
     // Always reset: the CLI goes on to run DDL on this session.
     let reset = client
         .batch_execute(&format!(

@@ -37,6 +37,64 @@ const PROBE_SAMPLES: usize = 5;
 const INITIAL_PROBES: usize = 3;
 /// Fewer requests than this in a window say nothing about a p99.
 const MIN_REQUESTS: usize = 20;
+/// One-second p99s kept from the minutes before a backfill (no copier).
+const HISTORY: usize = 300;
+/// Enough of them to stand for the application's own p99 without probes.
+const MIN_HISTORY: usize = 30;
+/// A copier idle this long ends a backfill's reference: the next one starts
+/// from the history again.
+const IDLE_RESET: Duration = Duration::from_secs(60);
+
+/// The proxy's one-second p99s while no backfill runs: what the application
+/// sees without the copier, the best first reference there is (probes right
+/// after `start` measure a few seconds, and the DDL's aftermath with them).
+#[derive(Debug, Default)]
+pub(super) struct History {
+    samples: VecDeque<Duration>,
+    last_second: Option<(Instant, u64)>,
+}
+
+impl History {
+    /// Record the last second's p99 once a second; a second in which the
+    /// gate was closed (a DDL step held requests) is left out.
+    pub fn tick(
+        &mut self,
+        now: Instant,
+        gate: u64,
+        p99: impl FnOnce(Duration) -> Option<(Duration, usize)>,
+    ) {
+        match self.last_second {
+            Some((at, _)) if now.duration_since(at) < Duration::from_secs(1) => return,
+            Some((_, g)) if g == gate && gate % 2 == 0 => {
+                if let Some((d, _)) =
+                    p99(Duration::from_secs(1)).filter(|(_, n)| *n >= MIN_REQUESTS)
+                {
+                    if self.samples.len() == HISTORY {
+                        self.samples.pop_front();
+                    }
+                    self.samples.push_back(d);
+                }
+            }
+            _ => {}
+        }
+        self.last_second = Some((now, gate));
+    }
+
+    /// The median one-second p99, once there are enough.
+    pub fn median(&self) -> Option<Duration> {
+        if self.samples.len() < MIN_HISTORY {
+            return None;
+        }
+        let mut v: Vec<Duration> = self.samples.iter().copied().collect();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied()
+    }
+
+    /// A backfill runs: the next second starts afresh when it is over.
+    pub fn pause(&mut self) {
+        self.last_second = None;
+    }
+}
 
 /// The application's own p99, from probes with the copier resting.
 ///
@@ -58,13 +116,19 @@ pub(super) struct Baseline {
 }
 
 impl Baseline {
-    pub fn new(now: Instant) -> Baseline {
+    /// A reference for a backfill starting now: the application's p99 from
+    /// before it (`history`) if known, else probes back to back first.
+    pub fn new(now: Instant, history: Option<Duration>) -> Baseline {
         Baseline {
             samples: VecDeque::with_capacity(PROBE_SAMPLES),
-            reference: None,
+            reference: history,
             probing_since: None,
             gate_at_start: 0,
-            next_probe: now,
+            next_probe: if history.is_some() {
+                now + PROBE_EVERY
+            } else {
+                now
+            },
         }
     }
 
@@ -203,11 +267,35 @@ pub(super) async fn run(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>) {
     // Since when the copier has been stopped by the p99 bound.
     let mut stopped_since: Option<Instant> = None;
     let mut baseline: Option<Baseline> = None;
+    let mut history = History::default();
+    let mut idle_since = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let bounds = live.bounds();
-        if bounds.p99_ratio > 0.0 {
-            let b = baseline.get_or_insert_with(|| Baseline::new(Instant::now()));
+        let now = Instant::now();
+        if live.control.backfilling() {
+            history.pause();
+            idle_since = now;
+        } else {
+            history.tick(now, proxy.gate.changes(), |w| proxy.latency.p99(w));
+            if now.duration_since(idle_since) >= IDLE_RESET {
+                baseline = None;
+            }
+        }
+        if bounds.p99_ratio > 0.0 && !live.control.backfilling() && baseline.is_none() {
+            // Nothing to rest yet: the reference comes when a backfill does.
+        } else if bounds.p99_ratio > 0.0 {
+            let b = baseline.get_or_insert_with(|| {
+                let from = history.median();
+                if let Some(h) = from {
+                    tracing::info!(
+                        "application's own p99 {:.2} ms (median of the one-second p99s before the backfill): latency bound {:.2} ms",
+                        ms(h),
+                        ms(h.mul_f64(bounds.p99_ratio))
+                    );
+                }
+                Baseline::new(now, from)
+            });
             let was = b.probing();
             let probing = b.tick(Instant::now(), proxy.gate.changes(), |w| {
                 proxy.latency.p99(w)
@@ -372,7 +460,7 @@ mod tests {
     fn the_first_reference_is_the_median_of_back_to_back_probes_before_the_copier_runs() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut b = Baseline::new(t0);
+        let mut b = Baseline::new(t0, None);
         assert!(b.tick(t0, 0, |_| None));
         assert!(b.tick(t0 + ms(2000), 0, |_| None));
         // A DDL step closed and reopened the gate during the window: it
@@ -403,7 +491,7 @@ mod tests {
     fn probes_lower_the_reference_but_only_a_long_stop_raises_it() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut b = Baseline::new(t0);
+        let mut b = Baseline::new(t0, None);
         let mut at = t0;
         assert!(probe(&mut b, at, 0, Some((ms(4), 100))));
         for p in [4, 4] {
@@ -436,6 +524,55 @@ mod tests {
         assert_eq!(b.own_p99(), Some(ms(7)));
         next(&mut b, Some((ms(6), 100)));
         assert_eq!(b.own_p99(), Some(ms(6)));
+    }
+
+    #[test]
+    fn the_history_before_a_backfill_is_its_first_reference() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let s = Duration::from_secs;
+        let mut h = History::default();
+        // Once a second, 40 seconds: p99s of 1..=4 ms; one second with the
+        // gate closed for a DDL step (80 ms) and a quiet one are left out.
+        for i in 0..40u64 {
+            let at = t0 + s(i);
+            let gate = if i == 20 {
+                1
+            } else if i > 20 {
+                2
+            } else {
+                0
+            };
+            let p = if i == 21 { ms(80) } else { ms(1 + i % 4) };
+            let n = if i == 30 { 3 } else { 100 };
+            h.tick(at, gate, |w| {
+                assert_eq!(w, s(1));
+                Some((p, n))
+            });
+            // More ticks within the same second record nothing.
+            h.tick(at + ms(250), gate, |_| Some((ms(500), 100)));
+        }
+        assert_eq!(h.samples.len(), 36);
+        assert!(!h.samples.contains(&ms(80)));
+        assert_eq!(h.median(), Some(ms(3)));
+        // A backfill starting now takes it, without resting the copier.
+        let mut b = Baseline::new(t0 + s(40), h.median());
+        assert_eq!(b.own_p99(), Some(ms(3)));
+        assert!(!b.tick(t0 + s(41), 2, |_| None));
+        // Probes come every PROBE_EVERY and may lower it.
+        assert!(!probe(
+            &mut b,
+            t0 + s(40) + PROBE_EVERY,
+            0,
+            Some((ms(2), 100))
+        ));
+        assert_eq!(b.own_p99(), Some(ms(2)));
+        // Too little history: probes first, as without one.
+        let mut short = History::default();
+        for i in 0..10u64 {
+            short.tick(t0 + s(i), 0, |_| Some((ms(1), 100)));
+        }
+        assert_eq!(short.median(), None);
     }
 
     #[test]

@@ -576,6 +576,10 @@ async fn a_relative_latency_bound_rests_the_copier_to_measure_the_applications_o
         false,
         100_000,
     ));
+    // The daemon has seen too little of the application before this
+    // backfill (under 30 s): the copier rests for probes before it starts.
+    let f = migration_file("d-ratio");
+    db.pgshift(&["start", f.to_str().unwrap()]).ok();
     until("a probe with the copier resting", || async {
         rows(
             &c,
@@ -594,8 +598,6 @@ async fn a_relative_latency_bound_rests_the_copier_to_measure_the_applications_o
     })
     .await;
     // Between probes the copier works: a whole backfill finishes under load.
-    let f = migration_file("d-ratio");
-    db.pgshift(&["start", f.to_str().unwrap()]).ok();
     until("the backfill to finish", || async {
         rows(&c, "SELECT phase FROM pgshift.migrations").await == "active"
     })
