@@ -80,14 +80,15 @@ impl History {
         self.last_second = Some((now, gate));
     }
 
-    /// The median one-second p99, once there are enough.
-    pub fn median(&self) -> Option<Duration> {
+    /// The 90th percentile of the one-second p99s (what the application's
+    /// own one-second p99 stays under 9 seconds in 10), once there are enough.
+    pub fn high(&self) -> Option<Duration> {
         if self.samples.len() < MIN_HISTORY {
             return None;
         }
         let mut v: Vec<Duration> = self.samples.iter().copied().collect();
         v.sort_unstable();
-        v.get(v.len() / 2).copied()
+        v.get(v.len() * 9 / 10).copied()
     }
 
     /// A backfill runs: the next second starts afresh when it is over.
@@ -109,6 +110,7 @@ impl History {
 pub(super) struct Baseline {
     samples: VecDeque<Duration>,
     reference: Option<Duration>,
+    cap: Option<Duration>,
     probing_since: Option<Instant>,
     /// The gate's change count when the probe began.
     gate_at_start: u64,
@@ -116,19 +118,18 @@ pub(super) struct Baseline {
 }
 
 impl Baseline {
-    /// A reference for a backfill starting now: the application's p99 from
-    /// before it (`history`) if known, else probes back to back first.
-    pub fn new(now: Instant, history: Option<Duration>) -> Baseline {
+    /// A reference for a backfill starting now, from probes back to back
+    /// before the copier runs, but never above `cap` (what the application's
+    /// one-second p99 stayed under in the minutes before, if known): a few
+    /// seconds right after `start` are a thin sample.
+    pub fn new(now: Instant, cap: Option<Duration>) -> Baseline {
         Baseline {
             samples: VecDeque::with_capacity(PROBE_SAMPLES),
-            reference: history,
+            reference: None,
+            cap,
             probing_since: None,
             gate_at_start: 0,
-            next_probe: if history.is_some() {
-                now + PROBE_EVERY
-            } else {
-                now
-            },
+            next_probe: now,
         }
     }
 
@@ -168,7 +169,12 @@ impl Baseline {
                             None if self.samples.len() < INITIAL_PROBES => {
                                 return self.probe_again(now, gate)
                             }
-                            None => self.reference = median,
+                            None => {
+                                self.reference = match (median, self.cap) {
+                                    (Some(m), Some(c)) => Some(m.min(c)),
+                                    (m, _) => m,
+                                }
+                            }
                             Some(r) => self.reference = median.map(|m| m.min(r)),
                         }
                     }
@@ -286,15 +292,14 @@ pub(super) async fn run(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>) {
             // Nothing to rest yet: the reference comes when a backfill does.
         } else if bounds.p99_ratio > 0.0 {
             let b = baseline.get_or_insert_with(|| {
-                let from = history.median();
-                if let Some(h) = from {
+                let cap = history.high();
+                if let Some(h) = cap {
                     tracing::info!(
-                        "application's own p99 {:.2} ms (median of the one-second p99s before the backfill): latency bound {:.2} ms",
-                        ms(h),
-                        ms(h.mul_f64(bounds.p99_ratio))
+                        "before the backfill the application's one-second p99 stayed under {:.2} ms 9 seconds in 10: the first reference is at most that",
+                        ms(h)
                     );
                 }
-                Baseline::new(now, from)
+                Baseline::new(now, cap)
             });
             let was = b.probing();
             let probing = b.tick(Instant::now(), proxy.gate.changes(), |w| {
@@ -527,7 +532,7 @@ mod tests {
     }
 
     #[test]
-    fn the_history_before_a_backfill_is_its_first_reference() {
+    fn the_history_before_a_backfill_caps_its_first_reference() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let s = Duration::from_secs;
@@ -554,25 +559,34 @@ mod tests {
         }
         assert_eq!(h.samples.len(), 36);
         assert!(!h.samples.contains(&ms(80)));
-        assert_eq!(h.median(), Some(ms(3)));
-        // A backfill starting now takes it, without resting the copier.
-        let mut b = Baseline::new(t0 + s(40), h.median());
-        assert_eq!(b.own_p99(), Some(ms(3)));
-        assert!(!b.tick(t0 + s(41), 2, |_| None));
-        // Probes come every PROBE_EVERY and may lower it.
-        assert!(!probe(
-            &mut b,
-            t0 + s(40) + PROBE_EVERY,
-            0,
-            Some((ms(2), 100))
-        ));
-        assert_eq!(b.own_p99(), Some(ms(2)));
-        // Too little history: probes first, as without one.
+        assert_eq!(h.high(), Some(ms(4)));
+        // A backfill starting now probes first; three high readings right
+        // after start are capped by what the minutes before showed.
+        let mut b = Baseline::new(t0 + s(40), h.high());
+        let mut at = t0 + s(40);
+        assert!(b.tick(at, 0, |_| None));
+        at += PROBE_SETTLE;
+        for (i, p) in [9, 8, 9].into_iter().enumerate() {
+            at += PROBE_WINDOW;
+            assert_eq!(b.tick(at, 0, |_| Some((ms(p), 100))), i < 2);
+        }
+        assert_eq!(b.own_p99(), Some(ms(4)));
+        // Lower readings come in under the cap.
+        let mut low = Baseline::new(t0, h.high());
+        let mut at = t0;
+        assert!(low.tick(at, 0, |_| None));
+        at += PROBE_SETTLE;
+        for p in [2, 3, 2] {
+            at += PROBE_WINDOW;
+            low.tick(at, 0, |_| Some((ms(p), 100)));
+        }
+        assert_eq!(low.own_p99(), Some(ms(2)));
+        // Too little history: no cap.
         let mut short = History::default();
         for i in 0..10u64 {
             short.tick(t0 + s(i), 0, |_| Some((ms(1), 100)));
         }
-        assert_eq!(short.median(), None);
+        assert_eq!(short.high(), None);
     }
 
     #[test]

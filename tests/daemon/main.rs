@@ -576,8 +576,7 @@ async fn a_relative_latency_bound_rests_the_copier_to_measure_the_applications_o
         false,
         100_000,
     ));
-    // The daemon has seen too little of the application before this
-    // backfill (under 30 s): the copier rests for probes before it starts.
+    // The copier rests for probes before its first batch.
     let f = migration_file("d-ratio");
     db.pgshift(&["start", f.to_str().unwrap()]).ok();
     until("a probe with the copier resting", || async {
