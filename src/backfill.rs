@@ -743,29 +743,20 @@ async fn walk(
         if !opts.delay.is_zero() {
             tokio::time::sleep(opts.delay).await;
         }
-        // A graded throttle (the application's latency) rests the copier
-        // for a multiple of the batch's duration.
-        if let Some(ratio) = opts
-            .control
-            .as_ref()
-            .map(|c| c.slowdown())
-            .filter(|r| *r > 0.0)
-        {
-            let rest = began.elapsed().mul_f64(ratio.min(1000.0));
-            if let Some(c) = &opts.control {
-                c.rest(rest).await;
+        if let Some(c) = &opts.control {
+            // A graded throttle (the application's latency) rests the copier
+            // for a multiple of the batch's duration.
+            let ratio = c.slowdown();
+            if ratio > 0.0 {
+                c.rest(began.elapsed().mul_f64(ratio.min(1000.0))).await;
             }
-        }
-        // A rate limit stretches each batch to rows / limit seconds.
-        if let Some(limit) = opts
-            .control
-            .as_ref()
-            .map(|c| c.rate_limit())
-            .filter(|l| *l > 0)
-        {
-            let min = Duration::from_secs_f64(n as f64 / limit as f64);
-            if let (Some(rest), Some(c)) = (min.checked_sub(began.elapsed()), &opts.control) {
-                c.rest(rest).await;
+            // A rate limit stretches each batch to rows / limit seconds.
+            let limit = c.rate_limit();
+            if limit > 0 {
+                let min = Duration::from_secs_f64(n as f64 / limit as f64);
+                if let Some(rest) = min.checked_sub(began.elapsed()) {
+                    c.rest(rest).await;
+                }
             }
         }
     }

@@ -45,6 +45,13 @@ const MIN_HISTORY: usize = 30;
 /// from the history again.
 const IDLE_RESET: Duration = Duration::from_secs(60);
 
+/// The sample at `num / den` of the way up the sorted `samples`.
+fn quantile(samples: &VecDeque<Duration>, num: usize, den: usize) -> Option<Duration> {
+    let mut v: Vec<Duration> = samples.iter().copied().collect();
+    v.sort_unstable();
+    v.get(v.len() * num / den).copied()
+}
+
 /// The proxy's one-second p99s while no backfill runs: what the application
 /// sees without the copier, the best first reference there is (probes right
 /// after `start` measure a few seconds, and the DDL's aftermath with them).
@@ -86,9 +93,7 @@ impl History {
         if self.samples.len() < MIN_HISTORY {
             return None;
         }
-        let mut v: Vec<Duration> = self.samples.iter().copied().collect();
-        v.sort_unstable();
-        v.get(v.len() * 9 / 10).copied()
+        quantile(&self.samples, 9, 10)
     }
 
     /// A backfill runs: the next second starts afresh when it is over.
@@ -196,9 +201,7 @@ impl Baseline {
     }
 
     fn median(&self) -> Option<Duration> {
-        let mut v: Vec<Duration> = self.samples.iter().copied().collect();
-        v.sort_unstable();
-        v.get(v.len() / 2).copied()
+        quantile(&self.samples, 1, 2)
     }
 
     /// True while a probe rests the copier.
@@ -279,7 +282,8 @@ pub(super) async fn run(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>) {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let bounds = live.bounds();
         let now = Instant::now();
-        if live.control.backfilling() {
+        let backfilling = live.control.backfilling();
+        if backfilling {
             history.pause();
             idle_since = now;
         } else {
@@ -288,9 +292,9 @@ pub(super) async fn run(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>) {
                 baseline = None;
             }
         }
-        if bounds.p99_ratio > 0.0 && !live.control.backfilling() && baseline.is_none() {
-            // Nothing to rest yet: the reference comes when a backfill does.
-        } else if bounds.p99_ratio > 0.0 {
+        // With no backfill yet there is nothing to rest: the reference comes
+        // when a backfill does.
+        if bounds.p99_ratio > 0.0 && (backfilling || baseline.is_some()) {
             let b = baseline.get_or_insert_with(|| {
                 let cap = history.high();
                 if let Some(h) = cap {
@@ -302,9 +306,7 @@ pub(super) async fn run(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>) {
                 Baseline::new(now, cap)
             });
             let was = b.probing();
-            let probing = b.tick(Instant::now(), proxy.gate.changes(), |w| {
-                proxy.latency.p99(w)
-            });
+            let probing = b.tick(now, proxy.gate.changes(), |w| proxy.latency.p99(w));
             if probing && !was {
                 tracing::debug!("copier resting to measure the application's own p99");
             } else if was && !probing {
