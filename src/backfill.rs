@@ -47,6 +47,11 @@ pub struct Control {
     aside: std::sync::Mutex<Option<(String, Instant)>>,
     /// A backfill is running (between its first and last batch).
     backfilling: std::sync::atomic::AtomicBool,
+    /// Rows the copier has updated under this control, all backfills.
+    rows: std::sync::atomic::AtomicU64,
+    /// The latency throttle's cap on the copier's pace, rows per second
+    /// (0: none); applied like `rate_limit`, the lower of the two wins.
+    pace_cap: std::sync::atomic::AtomicU64,
 }
 
 impl Control {
@@ -111,6 +116,27 @@ impl Control {
 
     pub fn rate_limit(&self) -> u64 {
         self.rate_limit.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Cap the copier's pace at `rows_per_second` (0: none).
+    pub fn set_pace_cap(&self, rows_per_second: u64) {
+        self.pace_cap
+            .store(rows_per_second, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The lower of the operator's rate limit and the throttle's pace cap
+    /// that are set; 0: none.
+    fn effective_rate_limit(&self) -> u64 {
+        let cap = self.pace_cap.load(std::sync::atomic::Ordering::Acquire);
+        match (self.rate_limit(), cap) {
+            (0, c) | (c, 0) => c,
+            (l, c) => l.min(c),
+        }
+    }
+
+    /// Rows the copier has updated so far (every backfill under this control).
+    pub fn rows(&self) -> u64 {
+        self.rows.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Throttle (with the reason shown to operators) or release.
@@ -712,6 +738,9 @@ async fn walk(
         };
         batch_no += 1;
         updated_now += n;
+        if let Some(c) = &opts.control {
+            c.rows.fetch_add(n, std::sync::atomic::Ordering::AcqRel);
+        }
         if let (Some(lo), Some([h])) = (int_last, Some(&hi[..])) {
             let span = h.parse::<i64>().unwrap_or(lo).saturating_sub(lo);
             dense = ctid
@@ -751,7 +780,7 @@ async fn walk(
                 c.rest(began.elapsed().mul_f64(ratio.min(1000.0))).await;
             }
             // A rate limit stretches each batch to rows / limit seconds.
-            let limit = c.rate_limit();
+            let limit = c.effective_rate_limit();
             if limit > 0 {
                 let min = Duration::from_secs_f64(n as f64 / limit as f64);
                 if let Some(rest) = min.checked_sub(began.elapsed()) {

@@ -108,6 +108,10 @@ fn describe() {
         "graded throttle: the copier rests this many times each batch's duration (0: full speed)"
     );
     describe_gauge!(
+        "pgshift_backfill_pace_cap_rows_per_second",
+        "under a latency bound, the most rows per second the copier may go: twice its mean pace of its last working minutes (0: none)"
+    );
+    describe_gauge!(
         "pgshift_backfill_throttle_reason",
         "1 for the reason the copier waits: paused, latency or replica_lag"
     );

@@ -3,13 +3,15 @@
 #   scratch_dir PREFIX   make it (sets dir)
 #   scratch_end STATUS   from the EXIT trap, with the script's exit status:
 #                        stop the cluster; on success remove the dir, on
-#                        failure keep it with the logs.
+#                        failure keep it with the logs (on success too with
+#                        PGSHIFT_KEEP_LOGS=1, the cluster's data removed).
 
 scratch_dir() {
   dir=$(mktemp -d "/tmp/$1-XXXXXX"); chmod 755 "$dir"
 }
 
 scratch_end() {
+  [ -z "${PGSHIFT_KEEP_LOGS:-}" ] || cp "$dir/pg/postgres.log" "$dir/" 2>/dev/null || true
   "$root/tests/support/pg.sh" stop "$dir/pg"
-  [ "$1" != 0 ] || rm -rf "$dir"
+  if [ "$1" = 0 ] && [ -z "${PGSHIFT_KEEP_LOGS:-}" ]; then rm -rf "$dir"; else echo "logs kept in $dir" >&2; fi
 }
