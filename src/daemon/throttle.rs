@@ -356,6 +356,8 @@ pub(super) async fn run(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>) {
     let mut slowdown = 0.0;
     // Since when the copier has been stopped by the p99 bound.
     let mut stopped_since: Option<Instant> = None;
+    // Since when the graded throttle has held the copier to a crawl.
+    let mut crawling_since: Option<Instant> = None;
     let mut baseline: Option<Baseline> = None;
     let mut history = History::default();
     let mut pace = Pace::default();
@@ -434,27 +436,33 @@ pub(super) async fn run(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>) {
             metrics::gauge!("pgshift_proxy_p99_seconds").set(p99.as_secs_f64());
             let was = slowdown;
             slowdown = next_slowdown(slowdown, p99, max_p99);
-            if p99 > max_p99 && was >= MAX_SLOWDOWN {
+            let crawled = if slowdown >= CRAWL {
+                now.duration_since(*crawling_since.get_or_insert(now))
+            } else {
+                crawling_since = None;
+                Duration::ZERO
+            };
+            // The relative bound binds and the copier has been held to a
+            // crawl (or stopped) long enough for its effects to pass, yet
+            // the p99 is still above the bound: that is the application's own.
+            let own = (bound.relative && crawled >= IDLE_BLAME)
+                .then(|| proxy.latency.p99(CRAWL_WINDOW))
+                .flatten()
+                .filter(|(d, n)| *d > max_p99 && *n >= MIN_REQUESTS);
+            if let (Some(b), Some((own, _))) = (baseline.as_mut(), own) {
+                b.reanchor(own);
+                crawling_since = None;
+                stopped_since = None;
+                tracing::info!(
+                    "copier held to a crawl for {} s and the p99 of the last {} s is still {:.2} ms: the application's own p99 has risen; latency bound {:.2} ms",
+                    crawled.as_secs(),
+                    CRAWL_WINDOW.as_secs(),
+                    ms(own),
+                    ms(own.mul_f64(bounds.p99_ratio))
+                );
+            } else if p99 > max_p99 && was >= MAX_SLOWDOWN {
                 let since = *stopped_since.get_or_insert_with(Instant::now);
-                // The relative bound binds and the copier has rested long
-                // enough for its effects to pass: the p99 now is the
-                // application's own.
-                let own = (bound.relative && since.elapsed() >= IDLE_BLAME)
-                    .then(|| proxy.latency.p99(PROBE_WINDOW).map(|(d, _)| d))
-                    .flatten();
-                match (baseline.as_mut(), own) {
-                    (Some(b), Some(own)) => {
-                        b.reanchor(own);
-                        stopped_since = None;
-                        tracing::info!(
-                            "copier stopped for {} s and the p99 is still {:.2} ms: the application's own p99 has risen; latency bound {:.2} ms",
-                            since.elapsed().as_secs(),
-                            ms(own),
-                            ms(own.mul_f64(bounds.p99_ratio))
-                        );
-                    }
-                    _ => reason = Some(stopped_reason(ms(p99), &bound, since.elapsed())),
-                }
+                reason = Some(stopped_reason(ms(p99), &bound, since.elapsed()));
             } else if slowdown > 0.0 {
                 slow_reason = Some(format!(
                     "proxy p99 latency {:.2} ms against {}: copier rests {slowdown:.1}x each batch",
@@ -497,8 +505,14 @@ pub(super) async fn run(live: Arc<Live>, proxy: Arc<pgshift_proxy::Proxy>) {
 }
 
 /// After this long stopped with the p99 still above its bound, the latency
-/// is the application's own, not the copier's: say so.
+/// is the application's own, not the copier's: say so (absolute bound) or
+/// take it as the application's own p99 (relative bound).
 const IDLE_BLAME: Duration = Duration::from_secs(30);
+/// A graded rest this high (the copier works at most 1 / 17 of the time)
+/// is a crawl: its share of the application's latency is small.
+const CRAWL: f64 = MAX_SLOWDOWN / 2.0;
+/// The p99 that stands for the application's own after a long crawl.
+const CRAWL_WINDOW: Duration = Duration::from_secs(5);
 
 /// Why the p99 bound stops the copier; after `IDLE_BLAME` the reason tells
 /// the operator that the bound sits under the application's own p99.
