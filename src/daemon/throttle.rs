@@ -86,11 +86,8 @@ impl Pace {
             return;
         }
         if !held && working {
-            if self.seconds.len() == PACE_WINDOW {
-                self.seconds.pop_front();
-            }
-            self.seconds
-                .push_back(rows.saturating_sub(from) as f64 / elapsed.as_secs_f64());
+            let rate = rows.saturating_sub(from) as f64 / elapsed.as_secs_f64();
+            push_recent(&mut self.seconds, rate, PACE_WINDOW);
         }
         self.current = Some((now, rows, !working));
     }
@@ -109,6 +106,14 @@ impl Pace {
         self.seconds.clear();
         self.current = None;
     }
+}
+
+/// Append `v` to `q`, dropping the oldest entry once `q` holds `max`.
+fn push_recent<T>(q: &mut VecDeque<T>, v: T, max: usize) {
+    if q.len() == max {
+        q.pop_front();
+    }
+    q.push_back(v);
 }
 
 /// The sample at `num / den` of the way up the sorted `samples`.
@@ -142,10 +147,7 @@ impl History {
                 if let Some((d, _)) =
                     p99(Duration::from_secs(1)).filter(|(_, n)| *n >= MIN_REQUESTS)
                 {
-                    if self.samples.len() == HISTORY {
-                        self.samples.pop_front();
-                    }
-                    self.samples.push_back(d);
+                    push_recent(&mut self.samples, d, HISTORY);
                 }
             }
             _ => {}
@@ -184,10 +186,10 @@ impl History {
 pub(super) struct Baseline {
     samples: VecDeque<Duration>,
     reference: Option<Duration>,
-    /// What the reference may not exceed: the first reference, or the
-    /// application's p99 after a long stop.
+    /// What the reference may not exceed: before the first reference, the
+    /// cap from the minutes before the backfill; then the first reference,
+    /// or the application's p99 after a long stop.
     ceiling: Option<Duration>,
-    cap: Option<Duration>,
     probing_since: Option<Instant>,
     /// The gate's change count when the probe began.
     gate_at_start: u64,
@@ -203,8 +205,7 @@ impl Baseline {
         Baseline {
             samples: VecDeque::with_capacity(PROBE_SAMPLES),
             reference: None,
-            ceiling: None,
-            cap,
+            ceiling: cap,
             probing_since: None,
             gate_at_start: 0,
             next_probe: now,
@@ -238,28 +239,18 @@ impl Baseline {
                     (true, _) if self.reference.is_none() => return self.probe_again(now, gate),
                     (true, _) | (false, None) => {}
                     (false, Some(d)) => {
-                        if self.samples.len() == PROBE_SAMPLES {
-                            self.samples.pop_front();
-                        }
-                        self.samples.push_back(d);
+                        push_recent(&mut self.samples, d, PROBE_SAMPLES);
                         let median = self.median();
-                        match self.reference {
-                            None if self.samples.len() < INITIAL_PROBES => {
-                                return self.probe_again(now, gate)
-                            }
-                            None => {
-                                self.reference = match (median, self.cap) {
-                                    (Some(m), Some(c)) => Some(m.min(c)),
-                                    (m, _) => m,
-                                };
-                                self.ceiling = self.reference;
-                            }
-                            Some(_) => {
-                                self.reference = match (median, self.ceiling) {
-                                    (Some(m), Some(c)) => Some(m.min(c)),
-                                    (m, _) => m,
-                                }
-                            }
+                        let first = self.reference.is_none();
+                        if first && self.samples.len() < INITIAL_PROBES {
+                            return self.probe_again(now, gate);
+                        }
+                        self.reference = match (median, self.ceiling) {
+                            (Some(m), Some(c)) => Some(m.min(c)),
+                            (m, _) => m,
+                        };
+                        if first {
+                            self.ceiling = self.reference;
                         }
                     }
                 }
