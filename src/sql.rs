@@ -54,37 +54,38 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-/// Names of identifiers (bare words and "quoted" names) that appear in an SQL
-/// expression, case-folded as Postgres folds them. Used to declare only the
-/// trigger variables an `up`/`down` expression can refer to; a word that is a
-/// keyword or function name is harmless extra.
-pub fn referenced_names(expr: &str) -> Vec<String> {
-    let mut out = Vec::new();
+/// One identifier of an SQL expression, with what surrounds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Word {
+    /// As Postgres folds it: lower case unless quoted.
+    pub name: String,
+    pub quoted: bool,
+    /// Qualified: `x.name`.
+    pub after_dot: bool,
+    /// A type in a cast: `::name`.
+    pub after_cast: bool,
+    /// Called: `name(`.
+    pub before_paren: bool,
+}
+
+/// The identifiers (bare words and "quoted" names) of an SQL expression in
+/// order, skipping string literals.
+pub fn words(expr: &str) -> Vec<Word> {
     let chars: Vec<char> = expr.chars().collect();
+    let mut out = Vec::new();
+    let prev = |start: usize| chars[..start].iter().rev().find(|c| !c.is_whitespace());
+    let next_is_paren = |j: usize| chars[j..].iter().find(|c| !c.is_whitespace()) == Some(&'(');
     let mut i = 0;
     while i < chars.len() {
         let c = chars[i];
-        if c == '\'' {
-            // skip string literal
-            i += 1;
-            while i < chars.len() {
-                if chars[i] == '\'' {
-                    if i + 1 < chars.len() && chars[i + 1] == '\'' {
-                        i += 2;
-                        continue;
-                    }
-                    break;
-                }
-                i += 1;
-            }
-            i += 1;
-        } else if c == '"' {
+        let start = i;
+        let (name, quoted) = if c == '\'' || c == '"' {
             let mut name = String::new();
             i += 1;
             while i < chars.len() {
-                if chars[i] == '"' {
-                    if i + 1 < chars.len() && chars[i + 1] == '"' {
-                        name.push('"');
+                if chars[i] == c {
+                    if chars.get(i + 1) == Some(&c) {
+                        name.push(c);
                         i += 2;
                         continue;
                     }
@@ -94,7 +95,10 @@ pub fn referenced_names(expr: &str) -> Vec<String> {
                 i += 1;
             }
             i += 1;
-            out.push(name);
+            if c == '\'' {
+                continue;
+            }
+            (name, true)
         } else if c.is_alphabetic() || c == '_' {
             let mut name = String::new();
             while i < chars.len()
@@ -103,11 +107,29 @@ pub fn referenced_names(expr: &str) -> Vec<String> {
                 name.push(chars[i]);
                 i += 1;
             }
-            out.push(name.to_lowercase());
+            (name.to_lowercase(), false)
         } else {
             i += 1;
-        }
+            continue;
+        };
+        let before: String = chars[..start].iter().collect();
+        out.push(Word {
+            name,
+            quoted,
+            after_dot: prev(start) == Some(&'.'),
+            after_cast: before.trim_end().ends_with("::"),
+            before_paren: next_is_paren(i.min(chars.len())),
+        });
     }
+    out
+}
+
+/// Names of identifiers (bare words and "quoted" names) that appear in an SQL
+/// expression, case-folded as Postgres folds them. Used to declare only the
+/// trigger variables an `up`/`down` expression can refer to; a word that is a
+/// keyword or function name is harmless extra.
+pub fn referenced_names(expr: &str) -> Vec<String> {
+    let mut out: Vec<String> = words(expr).into_iter().map(|w| w.name).collect();
     out.sort();
     out.dedup();
     out
@@ -235,5 +257,14 @@ mod tests {
         assert!(names.contains(&"name".to_string()));
         assert!(names.contains(&"Mixed".to_string()));
         assert!(!names.contains(&"x".to_string()));
+    }
+
+    #[test]
+    fn words_say_what_surrounds_each_name() {
+        let w = words("pg_catalog.lower(\"A\")::character varying(3) || 'f(x)'");
+        let names: Vec<&str> = w.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["pg_catalog", "lower", "A", "character", "varying"]);
+        assert!(w[1].after_dot && w[1].before_paren && !w[0].before_paren);
+        assert!(w[2].quoted && w[3].after_cast && !w[4].after_cast && w[4].before_paren);
     }
 }

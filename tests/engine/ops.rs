@@ -2,6 +2,7 @@
 //! other's rows during the migration; complete and rollback both end clean.
 
 use crate::scenario::{Do::*, Scenario};
+use crate::support::{self, leftovers, rows};
 
 const USERS: &str = "CREATE TABLE users (id serial PRIMARY KEY, name text, email text NOT NULL DEFAULT '', age text);
                      INSERT INTO users (name, email, age) SELECT 'u' || g, 'u' || g || '@x', (g % 90)::text FROM generate_series(1, 500) g;";
@@ -190,6 +191,92 @@ async fn alter_column_type_converts_both_ways() {
     }
     .run()
     .await;
+}
+
+/// Calls of the dual-write function in the current transaction.
+async fn dual_write_calls(c: &tokio_postgres::Client) -> String {
+    rows(
+        c,
+        "SELECT coalesce(pg_stat_get_xact_function_calls('pgshift.\"dual_write_public.o\"'::regproc), 0)",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn updates_that_touch_no_migrated_column_skip_the_dual_write_function() {
+    let db = support::fresh_db("skip_unrelated").await;
+    let old = db.client().await;
+    old.batch_execute(
+        "CREATE TABLE o (id int PRIMARY KEY, c int, note text);
+         INSERT INTO o SELECT g, CASE WHEN g % 2 = 0 THEN NULL ELSE g END, 'n' FROM generate_series(1, 100) g;",
+    )
+    .await
+    .unwrap();
+    let dir = support::temp_dir(&db.name);
+    let f = support::write_migration(
+        &dir,
+        "m1",
+        "operations:\n  - alter_column:\n      table: o\n      column: c\n      nullable: false\n      up: coalesce(c, 0)\n      down: c\n",
+    );
+    db.pgshift(&["start", f.to_str().unwrap(), "--progress", "none"])
+        .ok();
+    let new = db.new_side("m1").await;
+    // Counting function calls needs track_functions (superuser here).
+    for c in [&old, &new] {
+        c.batch_execute("SET track_functions = 'pl'; BEGIN")
+            .await
+            .unwrap();
+    }
+    old.batch_execute("UPDATE o SET note = 'old' WHERE id = 1")
+        .await
+        .unwrap();
+    new.batch_execute("UPDATE o SET note = 'new' WHERE id = 3")
+        .await
+        .unwrap();
+    assert_eq!(dual_write_calls(&old).await, "0");
+    assert_eq!(dual_write_calls(&new).await, "0");
+    old.batch_execute("UPDATE o SET c = 5 WHERE id = 2")
+        .await
+        .unwrap();
+    new.batch_execute("UPDATE o SET c = 7 WHERE id = 5")
+        .await
+        .unwrap();
+    assert_eq!(dual_write_calls(&old).await, "1");
+    assert_eq!(dual_write_calls(&new).await, "1");
+    // A row the copier has not reached yet still goes through the function.
+    old.batch_execute(
+        "SET LOCAL pgshift.copier = on;
+         UPDATE o SET _pgshift_new_c = 99, _pgshift_needs_backfill = true WHERE id = 4;
+         SET LOCAL pgshift.copier = off;
+         UPDATE o SET note = 'waiting' WHERE id = 4",
+    )
+    .await
+    .unwrap();
+    assert_eq!(dual_write_calls(&old).await, "2");
+    for c in [&old, &new] {
+        c.batch_execute("COMMIT").await.unwrap();
+    }
+    assert_eq!(
+        rows(&new, "SELECT id, c, note FROM o WHERE id <= 5 ORDER BY id").await,
+        "1|1|old;2|5|n;3|3|new;4|0|waiting;5|7|n"
+    );
+    assert_eq!(
+        rows(&old, "SELECT id, c FROM o WHERE id <= 5 ORDER BY id").await,
+        "1|1;2|5;3|3;4|∅;5|7"
+    );
+    db.pgshift(&["complete"]).ok();
+    assert_eq!(
+        rows(
+            &old,
+            "SELECT count(*), sum(c) FILTER (WHERE id <= 5) FROM o WHERE c IS NOT NULL"
+        )
+        .await,
+        "100|16"
+    );
+    assert_eq!(
+        leftovers(&old, Some("public_m1")).await,
+        Vec::<String>::new()
+    );
 }
 
 #[tokio::test]
