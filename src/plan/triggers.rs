@@ -374,7 +374,8 @@ fn dollar_tag(body: &str) -> String {
 }
 
 /// SQL that installs the marker column (when backfilling), the function and
-/// the trigger. Run in one transaction; safe to run again.
+/// its two triggers (INSERT, and UPDATE with [`update_filter`] when it
+/// applies). Run in one transaction; safe to run again.
 pub fn install_sql(
     spec: &TriggerSpec,
     table: &VTable,
