@@ -376,6 +376,58 @@ async fn pull_writes_back_the_applied_files_and_migrate_finds_nothing_to_do() {
     );
 }
 
+#[tokio::test]
+async fn migrate_applies_only_pending_files_and_refuses_edited_or_reordered_history() {
+    let db = support::fresh_db("migrate_history").await;
+    let c = db.client().await;
+    let dir = support::temp_dir("migrate-history");
+    let one =
+        "operations:\n  - create_table: {name: t, columns: [{name: id, type: int, pk: true}]}\n";
+    let two =
+        "operations:\n  - add_column: {table: t, column: {name: v, type: text, nullable: true}}\n";
+    let three =
+        "operations:\n  - add_column: {table: t, column: {name: w, type: int, nullable: true}}\n";
+    std::fs::write(dir.join("01_one.yaml"), one).unwrap();
+    std::fs::write(dir.join("02_two.yaml"), two).unwrap();
+    db.pgshift(&["migrate", dir.to_str().unwrap(), "--complete"])
+        .ok();
+    let applied = "SELECT string_agg(name, ',' ORDER BY name) FROM pgshift.migrations";
+    assert_eq!(rows(&c, applied).await, "01_one,02_two");
+    // Only the new file runs.
+    std::fs::write(dir.join("03_three.yaml"), three).unwrap();
+    let out = db.pgshift(&["migrate", dir.to_str().unwrap(), "--complete"]);
+    out.ok();
+    assert_eq!(rows(&c, applied).await, "01_one,02_two,03_three");
+    let columns = "SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 't'::regclass AND attnum > 0 AND NOT attisdropped";
+    assert_eq!(rows(&c, columns).await, "id,v,w");
+    // An applied file edited: refused by name, nothing pending runs.
+    let four =
+        "operations:\n  - add_column: {table: t, column: {name: x, type: int, nullable: true}}\n";
+    std::fs::write(dir.join("04_four.yaml"), four).unwrap();
+    std::fs::write(dir.join("02_two.yaml"), two.replace("text", "varchar")).unwrap();
+    let edited = db.pgshift(&["migrate", dir.to_str().unwrap(), "--complete"]);
+    edited.failed();
+    assert!(
+        edited
+            .stderr
+            .contains("02_two.yaml was edited after it was applied"),
+        "{}",
+        edited.stderr
+    );
+    // Applied files renamed out of their order: refused too.
+    std::fs::write(dir.join("02_two.yaml"), two).unwrap();
+    std::fs::rename(dir.join("01_one.yaml"), dir.join("05_one.yaml")).unwrap();
+    let reordered = db.pgshift(&["migrate", dir.to_str().unwrap(), "--complete"]);
+    reordered.failed();
+    assert!(
+        reordered.stderr.contains("files were renamed or reordered"),
+        "{}",
+        reordered.stderr
+    );
+    assert_eq!(rows(&c, applied).await, "01_one,02_two,03_three");
+    assert_eq!(rows(&c, columns).await, "id,v,w");
+}
+
 /// Wait (up to a minute) until an autovacuum worker holds a lock on `t`.
 async fn autovacuum_on_t(c: &tokio_postgres::Client) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
