@@ -337,6 +337,10 @@ async fn attempt_step(
                     "index {name} stays INVALID after 3 concurrent builds (a duplicate key or a failed expression?)"
                 ))));
             }
+            // Built but not yet recorded: a crash here leaves the step to redo.
+            if let Some((c, i)) = cursor {
+                failpoint::hit(c.phase.as_str(), i, true);
+            }
             Ok(advance(client, cursor).await?)
         }
     }

@@ -428,6 +428,48 @@ async fn migrate_applies_only_pending_files_and_refuses_edited_or_reordered_hist
     assert_eq!(rows(&c, columns).await, "id,v,w");
 }
 
+#[tokio::test]
+async fn an_invalid_index_left_by_a_failed_build_is_dropped_and_built_again() {
+    let db = support::fresh_db("invalid_index").await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v int);
+         INSERT INTO t SELECT g, g % 10 FROM generate_series(1, 1000) g;",
+    )
+    .await
+    .unwrap();
+    let dir = support::temp_dir("invalid-index");
+    let f = support::write_migration(
+        &dir,
+        "m1",
+        "operations:\n  - create_index: {table: t, name: t_v_idx, columns: [{column: v}]}\n",
+    );
+    let f = f.to_str().unwrap();
+    // The process dies right after the concurrent build, before recording
+    // it; the index is then marked INVALID, as a build that died midway
+    // leaves it.
+    let out = db.pgshift_env(
+        &["start", f, "--progress", "none"],
+        &[("PGSHIFT_CRASH_AT", "starting:1:before-commit")],
+    );
+    assert!(out.code != Some(0), "{}", out.stderr);
+    c.batch_execute(
+        "UPDATE pg_index SET indisvalid = false WHERE indexrelid = 't_v_idx'::regclass",
+    )
+    .await
+    .unwrap();
+    let index = "SELECT indisvalid FROM pg_index WHERE indexrelid = 't_v_idx'::regclass";
+    assert_eq!(rows(&c, index).await, "f");
+    let again = db.pgshift(&["start", f, "--complete", "--progress", "none"]);
+    again.ok();
+    assert!(
+        again.stderr.contains("dropping INVALID index"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(rows(&c, index).await, "t");
+}
+
 /// Wait (up to a minute) until an autovacuum worker holds a lock on `t`.
 async fn autovacuum_on_t(c: &tokio_postgres::Client) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
