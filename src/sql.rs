@@ -73,7 +73,6 @@ pub struct Word {
 pub fn words(expr: &str) -> Vec<Word> {
     let chars: Vec<char> = expr.chars().collect();
     let mut out = Vec::new();
-    let prev = |start: usize| chars[..start].iter().rev().find(|c| !c.is_whitespace());
     let next_is_paren = |j: usize| chars[j..].iter().find(|c| !c.is_whitespace()) == Some(&'(');
     let mut i = 0;
     while i < chars.len() {
@@ -112,12 +111,14 @@ pub fn words(expr: &str) -> Vec<Word> {
             i += 1;
             continue;
         };
-        let before: String = chars[..start].iter().collect();
+        // The last non-blank character before the word, and the one before it.
+        let p = chars[..start].iter().rposition(|c| !c.is_whitespace());
+        let at = |k: Option<usize>| k.map(|k| chars[k]);
         out.push(Word {
             name,
             quoted,
-            after_dot: prev(start) == Some(&'.'),
-            after_cast: before.trim_end().ends_with("::"),
+            after_dot: at(p) == Some('.'),
+            after_cast: at(p) == Some(':') && at(p.and_then(|k| k.checked_sub(1))) == Some(':'),
             before_paren: next_is_paren(i.min(chars.len())),
         });
     }

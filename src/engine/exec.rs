@@ -338,11 +338,17 @@ async fn attempt_step(
                 ))));
             }
             // Built but not yet recorded: a crash here leaves the step to redo.
-            if let Some((c, i)) = cursor {
-                failpoint::hit(c.phase.as_str(), i, true);
-            }
+            before_record(cursor);
             Ok(advance(client, cursor).await?)
         }
+    }
+}
+
+/// The crash hook for a step whose work is done but not yet committed as
+/// done (`PGSHIFT_CRASH_AT=<phase>:<step>:before-commit`).
+fn before_record(cursor: Option<(&Cursor<'_>, usize)>) {
+    if let Some((c, i)) = cursor {
+        failpoint::hit(c.phase.as_str(), i, true);
     }
 }
 
@@ -363,9 +369,7 @@ where
         client.batch_execute(begin).await?;
         body().await?;
         advance(client, cursor).await?;
-        if let Some((c, i)) = cursor {
-            failpoint::hit(c.phase.as_str(), i, true);
-        }
+        before_record(cursor);
         client.batch_execute("COMMIT").await?;
         Ok(())
     }
