@@ -350,25 +350,25 @@ struct Queries {
     lowest: String,
     first_boundary: String,
     next_boundary: String,
-    /// One batch each: the range's UPDATE and the progress row together.
+    /// The range's UPDATE of one batch, without and with a lower bound.
     first_batch: String,
     next_batch: String,
 }
 
-/// A batch as one statement: the UPDATE of the range (its parameters are
-/// `$1..$params`) and the progress row, so they commit together, in one
-/// round trip. Then: the batch's upper key, schema, migration, table.
-fn batch_sql(update: &str, params: usize) -> String {
-    format!(
-        "WITH u AS ({update} RETURNING 1), c AS (SELECT count(*) AS n FROM u)
-         UPDATE pgshift.backfills SET last_key = ${}, rows_done = rows_done + c.n, batches = batches + 1, updated_at = now()
-         FROM c WHERE schema = ${} AND migration = ${} AND table_name = ${} RETURNING c.n",
-        params + 1,
-        params + 2,
-        params + 3,
-        params + 4
-    )
+/// The key values `first..` of a batch's UPDATE: `pgshift.backfill_batch`
+/// runs it with one text[] parameter holding every bound.
+fn key_args(spec: &BackfillSpec, first: usize) -> String {
+    spec.key_types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("($1[{}])::{t}", first + i))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
+
+/// A batch: the UPDATE of the range and the progress row commit together,
+/// in one round trip (see `pgshift.backfill_batch` in init.sql).
+const BATCH_SQL: &str = "SELECT pgshift.backfill_batch($1, $2, $3, $4, $5, $6)";
 
 /// Key type of the physical-position walk: tables without a primary key or
 /// unique NOT NULL columns are walked by page ranges of `ctid`.
@@ -386,10 +386,10 @@ fn ctid_queries(spec: &BackfillSpec) -> Queries {
     let t = qualified(&spec.schema, &spec.table);
     let range = |lower: Option<usize>, hi: usize| {
         let lower = lower
-            .map(|l| format!("ctid >= format('(%s,0)', ${l}::text::bigint + 1)::tid AND "))
+            .map(|l| format!("ctid >= format('(%s,0)', ($1[{l}])::bigint + 1)::tid AND "))
             .unwrap_or_default();
         format!(
-            "UPDATE {t} SET {} WHERE {lower}ctid < format('(%s,0)', ${hi}::text::bigint + 1)::tid AND {}",
+            "UPDATE {t} SET {} WHERE {lower}ctid < format('(%s,0)', ($1[{hi}])::bigint + 1)::tid AND {}",
             sets(spec),
             ident(NEEDS_BACKFILL)
         )
@@ -402,8 +402,8 @@ fn ctid_queries(spec: &BackfillSpec) -> Queries {
         lowest: "SELECT '0'::text".into(),
         first_boundary: String::new(),
         next_boundary: String::new(),
-        first_batch: batch_sql(&range(None, 1), 1),
-        next_batch: batch_sql(&range(Some(1), 2), 2),
+        first_batch: range(None, 1),
+        next_batch: range(Some(1), 2),
     }
 }
 
@@ -444,7 +444,7 @@ fn queries(spec: &BackfillSpec) -> Queries {
         format!(
             "UPDATE {t} SET {} WHERE {lower}({k}) <= ({}) AND {}",
             sets(spec),
-            key_params(spec, hi_from),
+            key_args(spec, hi_from),
             ident(NEEDS_BACKFILL)
         )
     };
@@ -453,8 +453,8 @@ fn queries(spec: &BackfillSpec) -> Queries {
         lowest: format!("SELECT min({k})::text FROM {t}"),
         first_boundary: boundary(None),
         next_boundary: boundary(Some(key_params(spec, n + 2))),
-        first_batch: batch_sql(&update(None, 1), n),
-        next_batch: batch_sql(&update(Some(key_params(spec, 1)), n + 1), 2 * n),
+        first_batch: update(None, 1),
+        next_batch: update(Some(key_args(spec, 1)), n + 1),
     }
 }
 
@@ -865,22 +865,17 @@ async fn batch(
     last: Option<&Vec<String>>,
     hi: &Vec<String>,
 ) -> std::result::Result<u64, tokio_postgres::Error> {
-    let mut params: Params = Vec::new();
-    let sql = match last {
-        None => &q.first_batch,
-        Some(l) => {
-            params.extend(l.iter().map(|v| v as &dyn crate::pg::Param));
-            &q.next_batch
-        }
+    let (stmt, args) = match last {
+        None => (&q.first_batch, hi.clone()),
+        Some(l) => (&q.next_batch, l.iter().chain(hi).cloned().collect()),
     };
-    params.extend(hi.iter().map(|v| v as &dyn crate::pg::Param));
-    params.extend([
-        hi as &dyn crate::pg::Param,
-        &spec.schema,
-        &migration,
-        &spec.table,
-    ]);
-    let n: i64 = crate::pg::query_one(client, sql, &params).await?.get(0);
+    let n: i64 = crate::pg::query_one(
+        client,
+        BATCH_SQL,
+        &[stmt, &args, hi, &spec.schema, &migration, &spec.table],
+    )
+    .await?
+    .get(0);
     Ok(u64::try_from(n).unwrap_or(0))
 }
 

@@ -208,8 +208,13 @@ pub async fn run(cli: Cli) -> Result<()> {
                 ..opts.clone()
             };
             let e = Engine::connect(g.url(), opts).await?;
+            let clock = std::time::Instant::now();
             let res = e.start(&m).await;
-            e.release().await;
+            if !complete || res.is_err() {
+                // With --complete the lock stays taken until complete is
+                // done: no other pgshift can come in between.
+                e.release().await;
+            }
             if let crate::engine::Started::HandedOff(pid) = res? {
                 if wait {
                     e.wait_backfilled(&m.name).await?;
@@ -225,7 +230,12 @@ pub async fn run(cli: Cli) -> Result<()> {
                 let res = e.complete().await;
                 e.release().await;
                 res?;
-                println!("migration {} started and completed", m.name);
+                // Connected to done, like pgroll's benchmark times Start + Complete.
+                println!(
+                    "migration {} started and completed in {:.3} s",
+                    m.name,
+                    clock.elapsed().as_secs_f64()
+                );
             } else {
                 println!(
                     "migration {} started; new version schema: {}",

@@ -283,11 +283,7 @@ async fn attempt_step(
             sql,
             transactional: true,
             guard: None,
-        } => {
-            // The statements go with BEGIN: one round trip.
-            let begin = format!("BEGIN; {timeout};\n{sql}");
-            in_transaction(client, &begin, cursor, || async { Ok(()) }).await
-        }
+        } => transact(client, format!("BEGIN; {timeout};\n{sql}"), cursor).await,
         Action::Sql {
             sql,
             transactional: true,
@@ -302,11 +298,14 @@ async fn attempt_step(
             .await
         }
         Action::Views(spec) => {
-            in_transaction(client, &format!("BEGIN; {timeout}"), cursor, || async {
-                let stmts = spec.statements(client).await.map_err(Failure::Pgshift)?;
-                client.batch_execute(&stmts.join(";\n")).await?;
-                Ok(())
-            })
+            // The look-ups take no lock: made before the transaction, they
+            // leave the DDL alone in it.
+            let stmts = spec.statements(client).await.map_err(Failure::Pgshift)?;
+            transact(
+                client,
+                format!("BEGIN; {timeout};\n{}", stmts.join(";\n")),
+                cursor,
+            )
             .await
         }
         Action::Sql {
@@ -352,6 +351,39 @@ fn before_record(cursor: Option<(&Cursor<'_>, usize)>) {
     }
 }
 
+/// Run `sql` (which starts the transaction), move the cursor and commit,
+/// all in one simple query: one round trip, so the locks the step takes are
+/// held only while the server runs it, not over client round trips (the
+/// other sessions queued behind an ACCESS EXCLUSIVE lock wait that long).
+/// An error stops the rest of the string; the transaction is rolled back.
+async fn transact(
+    client: &Client,
+    mut sql: String,
+    cursor: Option<(&Cursor<'_>, usize)>,
+) -> std::result::Result<(), Failure> {
+    // Each `;` on a line of its own: a step's SQL may end in a `--` comment.
+    if let Some((c, i)) = cursor {
+        sql.push_str("\n;\n");
+        sql.push_str(&state::advance_step_statement(c.schema, c.migration, i));
+    }
+    let res = if cursor.is_some_and(|(c, i)| failpoint::armed(c.phase.as_str(), i, true)) {
+        // The crash test's point between the step and its commit.
+        async {
+            client.batch_execute(&sql).await?;
+            before_record(cursor);
+            client.batch_execute("COMMIT").await
+        }
+        .await
+    } else {
+        sql.push_str("\n;\nCOMMIT");
+        client.batch_execute(&sql).await
+    };
+    if res.is_err() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    Ok(res?)
+}
+
 /// Run `begin` (which starts the transaction and may carry the first
 /// statements), then `body`, advance the cursor and commit; roll back on any
 /// error.
@@ -385,13 +417,9 @@ async fn advance(
     cursor: Option<(&Cursor<'_>, usize)>,
 ) -> std::result::Result<(), tokio_postgres::Error> {
     if let Some((c, i)) = cursor {
-        let i = i32::try_from(i).unwrap_or(i32::MAX);
-        crate::pg::execute(
-            client,
-            state::ADVANCE_STEP_SQL,
-            &[&c.schema, &c.migration, &i],
-        )
-        .await?;
+        client
+            .batch_execute(&state::advance_step_statement(c.schema, c.migration, i))
+            .await?;
     }
     Ok(())
 }

@@ -18,18 +18,19 @@ fn target() -> &'static Option<(String, usize, bool)> {
     })
 }
 
+/// Is the crash target this point?
+pub fn armed(phase: &str, n: usize, before_commit: bool) -> bool {
+    matches!(target(), Some((p, t, b)) if p == phase && *t == n && *b == before_commit)
+}
+
 /// Exit now if the crash target is this point.
 pub fn hit(phase: &str, n: usize, before_commit: bool) {
-    if let Some((p, t, b)) = target() {
-        if p == phase && *t == n && *b == before_commit {
-            eprintln!(
-                "pgshift: PGSHIFT_CRASH_AT={phase}:{n} reached, killing this process (SIGKILL)"
-            );
-            // A real SIGKILL, like an operator's `kill -9`; exit is the fallback.
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &std::process::id().to_string()])
-                .status();
-            std::process::exit(137);
-        }
+    if armed(phase, n, before_commit) {
+        eprintln!("pgshift: PGSHIFT_CRASH_AT={phase}:{n} reached, killing this process (SIGKILL)");
+        // A real SIGKILL, like an operator's `kill -9`; exit is the fallback.
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &std::process::id().to_string()])
+            .status();
+        std::process::exit(137);
     }
 }

@@ -387,6 +387,7 @@ impl Engine {
                 return Ok(None);
             };
             tracing::info!("copier: backfilling {:?}", row.name);
+            self.init().await?;
             self.backfill(&row).await?;
             state::set_phase(&self.client, self.schema(), &row.name, Phase::Active, 0).await?;
             tracing::info!("copier: {:?} is backfilled and active", row.name);
@@ -565,6 +566,9 @@ impl Engine {
                 return Err(Error::state(format!("migration {:?} is rolling back; run `pgshift rollback` to finish it", row.name)))
             }
             Phase::Backfilling => {
+                // Started by an older pgshift: its control schema may lack
+                // what this backfill calls.
+                self.init().await?;
                 self.backfill(&row).await?;
                 state::set_phase(&self.client, self.schema(), &row.name, Phase::Active, 0).await?;
             }

@@ -84,7 +84,7 @@ pub struct BackfillRow {
 
 /// The control schema version `init.sql` installs; bump it with every change
 /// to that file so existing installations pick the change up.
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 
 /// Create the control schema if needed (idempotent, serialised by a lock).
 /// Every command that writes runs this, so it first checks the stored
@@ -500,9 +500,16 @@ pub async fn set_phase(
     Ok(())
 }
 
-/// SQL that advances the step cursor; run inside each step's transaction.
-pub const ADVANCE_STEP_SQL: &str =
-    "UPDATE pgshift.migrations SET step = $3, updated_at = now() WHERE schema = $1 AND name = $2";
+/// The statement that advances the step cursor, run inside each step's
+/// transaction. Its values are written in (quoted) so that it can go in one
+/// simple query with the step's own statements.
+pub fn advance_step_statement(schema: &str, name: &str, step: usize) -> String {
+    format!(
+        "UPDATE pgshift.migrations SET step = {step}, updated_at = now() WHERE schema = {} AND name = {}",
+        crate::sql::literal(schema),
+        crate::sql::literal(name)
+    )
+}
 
 pub async fn delete(client: &Client, schema: &str, name: &str) -> Result<()> {
     crate::pg::execute(

@@ -99,16 +99,44 @@ impl ViewSpec {
     /// by raw SQL, and grants copied from the base schema and tables.
     pub async fn statements(&self, client: &Client) -> Result<Vec<String>> {
         let mut tables = self.tables.clone();
-        // Tables may have been dropped or made by raw SQL since planning.
-        let rows = crate::pg::query(client, "SELECT c.relname::text,
+        // Three independent look-ups, sent together: one round trip. Tables
+        // may have been dropped or made by raw SQL since planning.
+        let (rows, usage, grants) = tokio::try_join!(
+            async {
+                crate::pg::query(client, "SELECT c.relname::text,
                         ARRAY(SELECT attname::text FROM pg_attribute
                               WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped ORDER BY attnum)
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')",
-                &[&self.schema],
-            )
-            .await
-            .map_err(|e| Error::db("listing tables for the version schema", e))?;
+                    &[&self.schema],
+                )
+                .await
+                .map_err(|e| Error::db("listing tables for the version schema", e))
+            },
+            async {
+                crate::pg::query(client, "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END
+                 FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
+                 WHERE n.nspname = $1 AND a.privilege_type = 'USAGE'",
+                    &[&self.schema],
+                )
+                .await
+                .map_err(|e| Error::db("reading schema privileges", e))
+            },
+            async {
+                crate::pg::query(client, "SELECT c.relname::text,
+                        CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+                        a.privilege_type
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,
+                      aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
+                 WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')
+                   AND a.privilege_type IN ('SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER')
+                 ORDER BY 1, 2, 3",
+                    &[&self.schema],
+                )
+                .await
+                .map_err(|e| Error::db("reading privileges of the schema's tables", e))
+            },
+        )?;
         let existing: Vec<(String, Vec<String>)> =
             rows.iter().map(|r| (r.get(0), r.get(1))).collect();
         tables.retain(|t| existing.iter().any(|(n, _)| *n == t.physical));
@@ -132,13 +160,6 @@ impl ViewSpec {
             }
         }
         let mut out = self.head();
-        let usage = crate::pg::query(client, "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END
-                 FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
-                 WHERE n.nspname = $1 AND a.privilege_type = 'USAGE'",
-                &[&self.schema],
-            )
-            .await
-            .map_err(|e| Error::db("reading schema privileges", e))?;
         for r in usage {
             let grantee: String = r.get(0);
             out.push(format!(
@@ -148,18 +169,9 @@ impl ViewSpec {
         }
         for t in &tables {
             out.push(self.view_sql(t));
-            let grants = crate::pg::query(client, "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
-                            a.privilege_type
-                     FROM pg_class c, aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
-                     WHERE c.oid = to_regclass($1)
-                       AND a.privilege_type IN ('SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER')",
-                    &[&qualified(&self.schema, &t.physical)],
-                )
-                .await
-                .map_err(|e| Error::db(format!("reading privileges of table {}", t.physical), e))?;
-            for g in grants {
-                let grantee: String = g.get(0);
-                let privilege: String = g.get(1);
+            for g in grants.iter().filter(|g| g.get::<_, &str>(0) == t.physical) {
+                let grantee: String = g.get(1);
+                let privilege: String = g.get(2);
                 // privilege_type is one of the fixed keywords filtered above.
                 out.push(format!(
                     "GRANT {privilege} ON {} TO {grantee}",

@@ -416,8 +416,8 @@ async fn sql_runs_up_at_start_and_down_on_rollback() {
         setup: "",
         migration: "operations:
   - sql:
-      up: CREATE TABLE widgets (id int PRIMARY KEY, label text); INSERT INTO widgets VALUES (1, 'a')
-      down: DROP TABLE widgets
+      up: CREATE TABLE widgets (id int PRIMARY KEY, label text); INSERT INTO widgets VALUES (1, 'a') -- a line comment ends it
+      down: DROP TABLE widgets -- a line comment ends it
 ",
         during: vec![
             NewSees("SELECT label FROM widgets", "a"),

@@ -250,13 +250,14 @@ pub fn temp_dir(test: &str) -> PathBuf {
 }
 
 /// Everything pgshift might leave behind in the database, one per line;
-/// `keep_schema` is a version schema that is expected to exist.
+/// `keep_schema` is a version schema that is expected to exist. The control
+/// schema's own tables and its `backfill_batch` function stay by design.
 pub async fn leftovers(c: &Client, keep_schema: Option<&str>) -> Vec<String> {
     let sql = "SELECT 'column ' || attrelid::regclass || '.' || attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
                  WHERE attname LIKE '\\_pgshift%' AND attnum > 0 AND NOT attisdropped AND c.relkind IN ('r', 'p', 'v')
                UNION ALL SELECT 'trigger ' || tgname FROM pg_trigger WHERE tgname LIKE '\\_pgshift%'
                UNION ALL SELECT 'function ' || p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-                 WHERE n.nspname = 'pgshift'
+                 WHERE n.nspname = 'pgshift' AND p.proname <> 'backfill_batch'
                UNION ALL SELECT 'relation ' || relname FROM pg_class WHERE relname LIKE '\\_pgshift%'
                UNION ALL SELECT 'constraint ' || conname FROM pg_constraint WHERE conname LIKE '\\_pgshift%'
                UNION ALL SELECT 'schema ' || nspname FROM pg_namespace WHERE nspname LIKE 'public\\_%'";
