@@ -54,9 +54,10 @@ q "$url" "DROP DATABASE bench_warmup"
 rows_md=""
 for n in "${sizes[@]}"; do
   db="bench_$n"; q "$url" "CREATE DATABASE $db"; durl="$base/$db"
-  # Machines are noisy: up to 1M rows, floor and pgshift alternate three
-  # times and the medians are compared.
-  reps=3; [ "$n" -le 1000000 ] || reps=1
+  # Machines are noisy: floor and pgshift alternate on fresh tables and the
+  # medians are compared; five times up to 100k rows (where one hiccup of a
+  # few ms is a large share of a phase), three up to 1M, once above.
+  reps=1; [ "$n" -gt 1000000 ] || reps=3; [ "$n" -gt 100000 ] || reps=5
   floors=(); bfs=(); starts=(); completes=(); totals=(); ones=(); inprocs=()
   for _ in $(seq "$reps"); do
     # Floor: one UPDATE computing the same expression into a new column.
@@ -129,9 +130,8 @@ pgroll's own benchmark times \`Start\` + \`Complete\` inside one Go process on a
 before the clock starts, so both of these figures include costs pgroll's leaves out (process start,
 connecting: about 4 ms each). The last column is timed as pgroll's is: \`start --complete\` reports the
 time from its connection being ready to the migration being complete. The one-time \`pgshift init\`
-runs before the clock starts. Up to 1M rows
-the floor and the two pgshift forms alternate three times on fresh tables and every figure is the
-median of the three ("runs").
+runs before the clock starts. The floor and the pgshift forms alternate on fresh tables, five times
+up to 100k rows and three times up to 1M, and every figure is the median ("runs").
 pgshift drops the leading \`SELECT\` of \`up\` when Postgres confirms the bare expression means the
 same (same type, no aggregate), and the floor runs that same bare expression, so neither side pays
 for a per-row sub-query.
