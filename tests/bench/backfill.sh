@@ -84,10 +84,17 @@ for n in "${sizes[@]}"; do
     [ "$bad" = 0 ] || { echo "bench: $bad rows wrong after start --complete" >&2; exit 1; }
     q "$durl" "DROP SCHEMA public_01_set_name_not_null CASCADE; DROP TABLE users; DROP SCHEMA pgshift CASCADE"
   done
-  row=$(python3 - "$n" "$reps" "$(median "${floors[@]}")" "$(median "${bfs[@]}")" "$(median "${totals[@]}")" "$(median "${starts[@]}")" "$(median "${completes[@]}")" "$(median "${ones[@]}")" "$(median "${inprocs[@]}")" <<'PY'
-import sys
-n, reps, floor, bf, total, start, complete, one, inproc = int(sys.argv[1]), int(sys.argv[2]), *map(float, sys.argv[3:])
-print(f"| {n:,} | {reps} | {n/floor:,.0f} | {n/bf:,.0f} | {100*floor/bf:.0f}% | {start:.3f} | {complete:.3f} | {n/total:,.0f} | {one:.3f} | {n/one:,.0f} | {n/inproc:,.0f} |")
+  # Backfill vs floor is the median of each run's own ratio: the host's
+  # speed drifts over seconds, and a floor and the backfill measured a
+  # moment apart see the same speed.
+  row=$(python3 - "$n" "$reps" "${floors[*]}" "${bfs[*]}" "$(median "${totals[@]}")" "$(median "${starts[@]}")" "$(median "${completes[@]}")" "$(median "${ones[@]}")" "$(median "${inprocs[@]}")" <<'PY'
+import statistics, sys
+n, reps = int(sys.argv[1]), int(sys.argv[2])
+floors, bfs = ([float(x) for x in a.split()] for a in sys.argv[3:5])
+total, start, complete, one, inproc = map(float, sys.argv[5:])
+floor, bf = statistics.median(floors), statistics.median(bfs)
+ratio = statistics.median(f / b for f, b in zip(floors, bfs))
+print(f"| {n:,} | {reps} | {n/floor:,.0f} | {n/bf:,.0f} | {100*ratio:.0f}% | {start:.3f} | {complete:.3f} | {n/total:,.0f} | {one:.3f} | {n/one:,.0f} | {n/inproc:,.0f} |")
 PY
 )
   echo "$row"; rows_md+="$row"$'\n'
@@ -123,6 +130,7 @@ with N rows of NULL names; the migration is \`alter_column\` on \`name\` with \`
 \`up: SELECT CASE WHEN name IS NULL THEN 'placeholder' ELSE name END\`, \`down: name\` and a comment.
 The floor is one \`UPDATE\` computing the same expression into a new column of an identical table,
 in the same run, timed by psql's \`\\timing\`. "Backfill rows/s" counts only the copier's phase (from \`pgshift.backfills\`);
+"backfill vs floor" is the median of each run's ratio (a floor and the backfill after it, seconds apart);
 "end to end" is N over the whole migration, timed from outside the process: once as two commands,
 \`pgshift start\` then \`pgshift complete\` (two processes, each starting and connecting), and once as
 the single command \`pgshift start --complete\` (one process and connection, like \`pgroll start --complete\`).
