@@ -283,6 +283,8 @@ pub struct BackfillOptions {
     /// lock timeout or deadlock.
     pub lock_timeout: Duration,
     pub attempts: u32,
+    /// Connections that backfill together (the CLI's `--backfill-workers`).
+    pub workers: usize,
     /// Live control (daemon); `None` for the CLI.
     pub control: Option<std::sync::Arc<Control>>,
 }
@@ -297,6 +299,7 @@ impl Default for BackfillOptions {
             max_batch: 200_000,
             lock_timeout: Duration::from_secs(2),
             attempts: 10,
+            workers: 1,
             control: None,
         }
     }
@@ -461,22 +464,33 @@ fn queries(spec: &BackfillSpec) -> Queries {
 type Params<'a> = Vec<&'a dyn crate::pg::Param>;
 
 /// Run (or resume) the backfill of one table. Returns rows updated now.
+///
+/// `extra` are more connections of the same role: each batch of a single
+/// integer key (or of pages) is split among them and `client`, and the
+/// shares run at once.
 pub async fn run(
     client: &Client,
+    extra: &[Client],
     migration: &str,
     spec: &BackfillSpec,
     opts: &BackfillOptions,
     progress: &mut dyn Progress,
 ) -> Result<u64> {
     let ctx = |what: &str| format!("backfill of {}: {what}", spec.table);
-    client
-        .batch_execute(&format!(
-            "SET {COPIER_SETTING} = 'on'; SET lock_timeout = {}; SET application_name = 'pgshift-copier'; {}",
-            literal(&format!("{}ms", opts.lock_timeout.as_millis())),
-            skip_triggers_sql(spec)
-        ))
-        .await
-        .map_err(|e| Error::db(ctx("session setup"), e))?;
+    let setup = format!(
+        "SET {COPIER_SETTING} = 'on'; SET lock_timeout = {}; SET application_name = 'pgshift-copier'; {}",
+        literal(&format!("{}ms", opts.lock_timeout.as_millis())),
+        skip_triggers_sql(spec)
+    );
+    // The other workers' sessions close when the backfill ends: only the
+    // first is reset below.
+    futures_util::future::try_join_all(
+        std::iter::once(client)
+            .chain(extra)
+            .map(|c| c.batch_execute(&setup)),
+    )
+    .await
+    .map_err(|e| Error::db(ctx("session setup"), e))?;
     let flag = |on: bool| {
         if let Some(c) = &opts.control {
             c.backfilling
@@ -484,7 +498,7 @@ pub async fn run(
         }
     };
     flag(true);
-    let result = walk(client, migration, spec, opts, progress).await;
+    let result = walk(client, extra, migration, spec, opts, progress).await;
     flag(false);
     // Always reset: the CLI goes on to run DDL on this session.
     let reset = client
@@ -532,6 +546,7 @@ fn skip_triggers_sql(spec: &BackfillSpec) -> String {
 
 async fn walk(
     client: &Client,
+    extra: &[Client],
     migration: &str,
     spec: &BackfillSpec,
     opts: &BackfillOptions,
@@ -727,7 +742,17 @@ async fn walk(
         let mut attempt = 0;
         let n = loop {
             attempt += 1;
-            match batch(client, &q, spec, migration, last.as_ref(), &hi).await {
+            match batch(
+                client,
+                extra,
+                &q,
+                spec,
+                migration,
+                (last.as_ref(), &hi),
+                batch_no + 1,
+            )
+            .await
+            {
                 Ok(n) => break n,
                 Err(e) if crate::engine::exec::is_lock_conflict(&e) && attempt < opts.attempts => {
                     tracing::warn!(table = %spec.table, attempt, "backfill batch: {}; retrying", describe_db_error(&e));
@@ -859,29 +884,114 @@ fn next_size(size: u64, elapsed: Duration, target: Duration, opts: &BackfillOpti
 
 async fn batch(
     client: &Client,
+    extra: &[Client],
     q: &Queries,
     spec: &BackfillSpec,
     migration: &str,
-    last: Option<&Vec<String>>,
-    hi: &Vec<String>,
+    (last, hi): (Option<&Vec<String>>, &Vec<String>),
+    batch_no: usize,
 ) -> std::result::Result<u64, tokio_postgres::Error> {
+    let int_key = matches!(&spec.key_types[..], [t] if is_int_type(t) || t == CTID_KEY_TYPE);
+    if let (true, false, Some([lo]), [up]) =
+        (int_key, extra.is_empty(), last.map(|l| &l[..]), &hi[..])
+    {
+        if let (Ok(lo), Ok(up)) = (lo.parse::<i64>(), up.parse::<i64>()) {
+            let shares = split_range(lo, up, extra.len() + 1);
+            if shares.len() > 1 {
+                // Each share commits on its own; the mark moves once all
+                // have. A crash or a failed share leaves the mark behind
+                // them: the batch runs again, and rows a share already did
+                // no longer carry the backfill mark, so they are skipped.
+                let runs =
+                    shares
+                        .iter()
+                        .zip(std::iter::once(client).chain(extra))
+                        .map(|((a, b), c)| {
+                            run_batch(
+                                c,
+                                &q.next_batch,
+                                vec![a.to_string(), b.to_string()],
+                                None,
+                                spec,
+                                migration,
+                            )
+                        });
+                let mut n = 0;
+                for r in futures_util::future::join_all(runs).await {
+                    n += r?;
+                }
+                // Shares committed, mark not moved.
+                failpoint::hit("backfill", batch_no, true);
+                crate::pg::execute(
+                    client,
+                    "UPDATE pgshift.backfills SET last_key = $1, updated_at = now()
+                      WHERE schema = $2 AND migration = $3 AND table_name = $4",
+                    &[hi, &spec.schema, &migration, &spec.table],
+                )
+                .await?;
+                return Ok(n);
+            }
+        }
+    }
     let (stmt, args) = match last {
         None => (&q.first_batch, hi.clone()),
         Some(l) => (&q.next_batch, l.iter().chain(hi).cloned().collect()),
     };
+    run_batch(client, stmt, args, Some(hi), spec, migration).await
+}
+
+/// One call of `pgshift.backfill_batch`: `stmt` over the key bounds
+/// `args`; `mark` is where the table's mark moves (`None`: it stays).
+async fn run_batch(
+    client: &Client,
+    stmt: &String,
+    args: Vec<String>,
+    mark: Option<&Vec<String>>,
+    spec: &BackfillSpec,
+    migration: &str,
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    let mark = mark.cloned();
     let n: i64 = crate::pg::query_one(
         client,
         BATCH_SQL,
-        &[stmt, &args, hi, &spec.schema, &migration, &spec.table],
+        &[stmt, &args, &mark, &spec.schema, &migration, &spec.table],
     )
     .await?
     .get(0);
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
+/// `(lo, up]` cut into at most `parts` consecutive, non-empty ranges of
+/// about the same width.
+fn split_range(lo: i64, up: i64, parts: usize) -> Vec<(i64, i64)> {
+    let span = i128::from(up) - i128::from(lo);
+    if span <= 0 {
+        return vec![];
+    }
+    let parts = i128::try_from(parts.max(1)).unwrap_or(1).min(span);
+    let at = |i: i128| i64::try_from(i128::from(lo) + span * i / parts).unwrap_or(up);
+    (0..parts).map(|i| (at(i), at(i + 1))).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_range_splits_into_consecutive_shares_that_cover_it() {
+        assert_eq!(split_range(0, 10, 2), vec![(0, 5), (5, 10)]);
+        assert_eq!(
+            split_range(-1, 10_000, 3),
+            vec![(-1, 3332), (3332, 6666), (6666, 10_000)]
+        );
+        // Fewer keys than workers: one key each.
+        assert_eq!(split_range(5, 7, 4), vec![(5, 6), (6, 7)]);
+        assert!(split_range(7, 7, 2).is_empty());
+        // The ends of the key type do not overflow.
+        let s = split_range(i64::MIN, i64::MAX, 2);
+        assert_eq!((s[0].0, s[1].1), (i64::MIN, i64::MAX));
+        assert_eq!(s[0].1, s[1].0);
+    }
 
     #[test]
     fn graded_throttle_grows_above_the_bound_and_lifts_well_below_it() {

@@ -51,6 +51,10 @@ pub struct GlobalOpts {
     /// Pause between backfill batches, in milliseconds.
     #[arg(long, global = true, default_value_t = 0)]
     pub backfill_batch_delay: u64,
+    /// Connections that backfill together, each a share of every batch's
+    /// key range (a single integer key, or a table walked by pages).
+    #[arg(long, global = true, default_value_t = 1)]
+    pub backfill_workers: usize,
     /// How backfill progress is shown.
     #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
@@ -162,6 +166,9 @@ impl GlobalOpts {
                 "--lock-timeout must be positive (0 would wait for locks forever)",
             ));
         }
+        if self.backfill_workers == 0 {
+            return Err(Error::config("--backfill-workers must be at least 1"));
+        }
         Ok(Options {
             schema: self.schema().to_string(),
             lock: LockPolicy {
@@ -173,6 +180,7 @@ impl GlobalOpts {
                 batch_size: (self.backfill_batch_size > 0).then_some(self.backfill_batch_size),
                 target: Duration::from_millis(self.backfill_batch_target_ms.max(1)),
                 delay: Duration::from_millis(self.backfill_batch_delay),
+                workers: self.backfill_workers,
                 ..BackfillOptions::default()
             },
             progress: self.progress,

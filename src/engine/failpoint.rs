@@ -1,8 +1,10 @@
 //! Crash injection for tests: `PGSHIFT_CRASH_AT=<phase>:<n>` exits the
 //! process with SIGKILL right after step (or backfill batch) `n` of `<phase>` commits;
 //! `PGSHIFT_CRASH_AT=<phase>:<n>:before-commit` exits with the step's
-//! transaction still open (Postgres rolls it back). The exit is immediate,
-//! like SIGKILL: no cleanup, no Terminate message.
+//! transaction still open (Postgres rolls it back), or, for a backfill batch
+//! shared by several workers, with the shares committed and the mark not yet
+//! moved. The exit is immediate, like SIGKILL: no cleanup, no Terminate
+//! message.
 
 use std::sync::OnceLock;
 

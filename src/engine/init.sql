@@ -44,7 +44,9 @@ CREATE TABLE IF NOT EXISTS pgshift.backfills (
 -- reads its key bounds as $1[i] from `args`) and the move of the table's
 -- progress row, in one transaction and one round trip. ROW_COUNT counts the
 -- rows without collecting them (an UPDATE ... RETURNING in a CTE costs the
--- batch several percent). SECURITY INVOKER: the caller's own rights.
+-- batch several percent). A NULL `mark` leaves the mark where it is (a
+-- share of a batch that several workers run). SECURITY INVOKER: the
+-- caller's own rights.
 CREATE OR REPLACE FUNCTION pgshift.backfill_batch(stmt text, args text[], mark text[], s name, m text, t text)
 RETURNS bigint LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -53,7 +55,7 @@ BEGIN
     EXECUTE stmt USING args;
     GET DIAGNOSTICS n = ROW_COUNT;
     UPDATE pgshift.backfills
-       SET last_key = mark, rows_done = rows_done + n, batches = batches + 1, updated_at = now()
+       SET last_key = coalesce(mark, last_key), rows_done = rows_done + n, batches = batches + 1, updated_at = now()
      WHERE schema = s AND migration = m AND table_name = t;
     RETURN n;
 END
@@ -99,5 +101,5 @@ CREATE TABLE IF NOT EXISTS pgshift.version (
 );
 -- The version this file installs (state::SCHEMA_VERSION): commands skip this
 -- whole file when the stored version is already this one.
-INSERT INTO pgshift.version (version) VALUES (3)
+INSERT INTO pgshift.version (version) VALUES (4)
     ON CONFLICT (singleton) DO UPDATE SET version = greatest(pgshift.version.version, EXCLUDED.version);

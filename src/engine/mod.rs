@@ -135,11 +135,18 @@ pub struct DaemonStatus {
 pub struct Engine {
     client: Client,
     opts: Options,
+    /// Where more connections come from (`--backfill-workers`); `None` on a
+    /// connection the caller opened.
+    url: Option<String>,
+    /// Those connections, opened while the steps before the backfill run.
+    workers: std::sync::Mutex<Vec<tokio::task::JoinHandle<Result<Client>>>>,
 }
 
 impl Engine {
     pub async fn connect(url: &str, opts: Options) -> Result<Engine> {
-        Engine::with_client(connect(url).await?, opts).await
+        let mut e = Engine::with_client(connect(url).await?, opts).await?;
+        e.url = Some(url.to_string());
+        Ok(e)
     }
 
     /// An engine on a connection the caller opened (the daemon's copier
@@ -153,7 +160,12 @@ impl Engine {
             ))
             .await
             .map_err(|e| Error::db("session setup", e))?;
-        Ok(Engine { client, opts })
+        Ok(Engine {
+            client,
+            opts,
+            url: None,
+            workers: std::sync::Mutex::new(Vec::new()),
+        })
     }
 
     pub fn client(&self) -> &Client {
@@ -313,6 +325,9 @@ impl Engine {
     }
 
     async fn finish_start(&self, row: &MigrationRow) -> Result<Started> {
+        if !self.opts.handoff {
+            self.open_workers(row);
+        }
         if row.phase == Phase::Starting {
             let cursor = Cursor {
                 schema: self.schema(),
@@ -511,9 +526,11 @@ impl Engine {
 
     async fn backfill(&self, row: &MigrationRow) -> Result<()> {
         let mut reporter = progress::reporter(self.opts.progress);
+        let extra = self.extra_connections(row).await;
         for spec in &row.plan.backfills {
             backfill::run(
                 &self.client,
+                &extra,
                 &row.name,
                 spec,
                 &self.opts.backfill,
@@ -522,6 +539,44 @@ impl Engine {
             .await?;
         }
         Ok(())
+    }
+
+    /// Begin opening the copier's other connections (`--backfill-workers`
+    /// beyond the first) for `row`'s backfill, so that they are ready when
+    /// it starts. The daemon's copier has none: it paces one connection by
+    /// the application's latency.
+    fn open_workers(&self, row: &MigrationRow) {
+        let (Some(url), None) = (&self.url, &self.opts.backfill.control) else {
+            return;
+        };
+        if row.plan.backfills.is_empty() {
+            return;
+        }
+        let mut pending = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        while pending.len() + 1 < self.opts.backfill.workers {
+            let url = url.clone();
+            pending.push(tokio::spawn(async move { connect(&url).await }));
+        }
+    }
+
+    /// The connections [`Engine::open_workers`] opened. One that failed
+    /// leaves the backfill with fewer workers, not failed.
+    async fn extra_connections(&self, row: &MigrationRow) -> Vec<Client> {
+        self.open_workers(row);
+        let pending = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut out = Vec::new();
+        for h in pending {
+            match h.await {
+                Ok(Ok(c)) => out.push(c),
+                Ok(Err(e)) => tracing::warn!(
+                    "backfill: a worker's connection failed ({e}); going on without it"
+                ),
+                Err(e) => tracing::warn!(
+                    "backfill: a worker's connection failed ({e}); going on without it"
+                ),
+            }
+        }
+        out
     }
 
     /// Complete the active migration (contract). Returns its name.

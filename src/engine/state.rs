@@ -84,7 +84,7 @@ pub struct BackfillRow {
 
 /// The control schema version `init.sql` installs; bump it with every change
 /// to that file so existing installations pick the change up.
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 
 /// Create the control schema if needed (idempotent, serialised by a lock).
 /// Every command that writes runs this, so it first checks the stored

@@ -48,6 +48,81 @@ async fn backfill_reaches_every_row_of_dense_sparse_and_negative_integer_keys() 
     );
 }
 
+/// Integer keys (dense, sparse, negative, the maximum) and a table without
+/// a key (walked by pages), in one migration.
+const TWO_TABLES: &str = "CREATE TABLE t (id bigint PRIMARY KEY, v int);
+     INSERT INTO t SELECT g, 1 FROM generate_series(-3000, 3000) g;
+     INSERT INTO t SELECT g::bigint * 1000000007, 1 FROM generate_series(1, 500) g;
+     INSERT INTO t SELECT 9000000000000 + g, 1 FROM generate_series(1, 2000) g;
+     INSERT INTO t VALUES (9223372036854775807, 1);
+     CREATE TABLE p (v int, pad text);
+     INSERT INTO p SELECT g, repeat('x', 100) FROM generate_series(1, 6000) g;";
+const TWO_TABLES_MIGRATION: &str = "operations:
+  - add_column: {table: t, up: v + 1, column: {name: w, type: int, nullable: false}}
+  - add_column: {table: p, up: v + 1, column: {name: w, type: int, nullable: false}}
+";
+
+#[tokio::test]
+async fn several_workers_share_each_batch_and_a_crash_among_them_loses_nothing() {
+    let dir = support::temp_dir("bf-workers");
+    let f = support::write_migration(&dir, "m1", TWO_TABLES_MIGRATION);
+    let start = |workers: &'static str| {
+        [
+            "start",
+            f.to_str().unwrap(),
+            "--progress",
+            "none",
+            "--backfill-batch-size",
+            "300",
+            "--backfill-workers",
+            workers,
+        ]
+        .map(String::from)
+    };
+    let mut batches = Vec::new();
+    for (workers, crash) in [("1", "backfill:3"), ("3", "backfill:3:before-commit")] {
+        let db = support::fresh_db(&format!("bf_workers_{workers}")).await;
+        let c = db.client().await;
+        c.batch_execute(TWO_TABLES).await.unwrap();
+        let args = start(workers);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // Killed after the third batch; with three workers, after its
+        // shares committed but before the mark moved past them...
+        db.pgshift_env(&args, &[("PGSHIFT_CRASH_AT", crash)])
+            .failed();
+        // ...then resumed and completed: every row once, none twice.
+        db.pgshift(&args).ok();
+        db.pgshift(&["complete"]).ok();
+        assert_eq!(
+            rows(&c, "SELECT count(*), count(*) FILTER (WHERE w = 2) FROM t").await,
+            "8502|8502"
+        );
+        assert_eq!(
+            rows(
+                &c,
+                "SELECT count(*), count(*) FILTER (WHERE w = v + 1) FROM p"
+            )
+            .await,
+            "6000|6000"
+        );
+        assert_eq!(
+            rows(&c, "SELECT string_agg(rows_done || '/' || rows_total, ' ' ORDER BY table_name) FROM pgshift.backfills").await,
+            "6000/6000 8502/8502"
+        );
+        batches.push(
+            rows(&c, "SELECT sum(batches) FROM pgshift.backfills")
+                .await
+                .parse::<i64>()
+                .unwrap(),
+        );
+    }
+    // Each batch of three workers is three calls, one per connection.
+    assert!(
+        batches[1] > 2 * batches[0],
+        "batch calls, 1 and 3 workers: {batches:?}"
+    );
+}
+
 #[tokio::test]
 async fn backfill_reaches_every_row_of_a_composite_text_key() {
     let db = support::fresh_db("bf_text").await;
