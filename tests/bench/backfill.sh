@@ -51,14 +51,14 @@ q "$url" "CREATE DATABASE bench_warmup"
 make_table "$base/bench_warmup" users 10000
 PGSHIFT_POSTGRES_URL=$base/bench_warmup "$bin" start "$mig" --progress none -c >/dev/null 2>&1
 q "$url" "DROP DATABASE bench_warmup"
-rows_md=""
+rows_md=""; two_md=""
 for n in "${sizes[@]}"; do
   db="bench_$n"; q "$url" "CREATE DATABASE $db"; durl="$base/$db"
   # Machines are noisy: floor and pgshift alternate on fresh tables and the
   # medians are compared; five times up to 100k rows (where one hiccup of a
   # few ms is a large share of a phase), three up to 1M, once above.
   reps=1; [ "$n" -gt 1000000 ] || reps=3; [ "$n" -gt 100000 ] || reps=5
-  floors=(); bfs=(); starts=(); completes=(); totals=(); ones=(); inprocs=()
+  floors=(); bfs=(); starts=(); completes=(); totals=(); ones=(); inprocs=(); twos=()
   for _ in $(seq "$reps"); do
     # Floor: one UPDATE computing the same expression into a new column.
     make_table "$durl" floor "$n"
@@ -83,7 +83,17 @@ for n in "${sizes[@]}"; do
     bad=$(val "$durl" "SELECT count(*) FROM users WHERE name IS DISTINCT FROM 'placeholder'")
     [ "$bad" = 0 ] || { echo "bench: $bad rows wrong after start --complete" >&2; exit 1; }
     q "$durl" "DROP SCHEMA public_01_set_name_not_null CASCADE; DROP TABLE users; DROP SCHEMA pgshift CASCADE"
+    # Once more with two connections sharing each batch.
+    make_table "$durl" users "$n"; q "$durl" "CHECKPOINT"
+    PGSHIFT_POSTGRES_URL=$durl "$bin" init >/dev/null 2>&1
+    read -r two_s _ < <(PGSHIFT_POSTGRES_URL=$durl timed_one "$bin" start "$mig" --complete --progress none --backfill-workers 2 2>"$dir/two.log")
+    twos+=("$two_s")
+    bad=$(val "$durl" "SELECT count(*) FROM users WHERE name IS DISTINCT FROM 'placeholder'")
+    [ "$bad" = 0 ] || { echo "bench: $bad rows wrong after start --complete with two workers" >&2; exit 1; }
+    q "$durl" "DROP SCHEMA public_01_set_name_not_null CASCADE; DROP TABLE users; DROP SCHEMA pgshift CASCADE"
   done
+  two_row=$(python3 -c "import sys; n, one, two = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]); print(f'| {n:,} | {n/one:,.0f} | {n/two:,.0f} | {one/two:.2f}x |')" "$n" "$(median "${ones[@]}")" "$(median "${twos[@]}")")
+  two_md+="$two_row"$'\n'
   # Backfill vs floor is the median of each run's own ratio: the host's
   # speed drifts over seconds, and a floor and the backfill measured a
   # moment apart see the same speed.
@@ -149,6 +159,12 @@ for a per-row sub-query.
 ${rows_md}
 pgroll publishes 53k, 21k and 9k rows/s for 10k, 100k and 300k rows (its own machine).
 
+The same \`start --complete\` with \`--backfill-workers 2\` (two connections share each batch; the
+default is one), in the same alternation, medians:
+
+| N rows | one command, 1 worker, rows/s | one command, 2 workers, rows/s | speed-up |
+|---:|---:|---:|---:|
+${two_md}
 Write amplification (pgroll's second benchmark): \`UPDATE users SET name = 'person'\` over every row,
 on a plain table and on the same table while the migration above is started (dual-write trigger in place);
 alternated three times on fresh tables, medians compared.
