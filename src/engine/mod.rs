@@ -566,11 +566,12 @@ impl Engine {
         let pending = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
         let mut out = Vec::new();
         for h in pending {
-            match h.await {
-                Ok(Ok(c)) => out.push(c),
-                Ok(Err(e)) => tracing::warn!(
-                    "backfill: a worker's connection failed ({e}); going on without it"
-                ),
+            match h
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+            {
+                Ok(c) => out.push(c),
                 Err(e) => tracing::warn!(
                     "backfill: a worker's connection failed ({e}); going on without it"
                 ),
