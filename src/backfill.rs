@@ -381,6 +381,12 @@ fn is_ctid(spec: &BackfillSpec) -> bool {
     spec.key_types.len() == 1 && spec.key_types[0] == CTID_KEY_TYPE
 }
 
+/// Walked by integers: a single integer key, or pages. Such ranges can be
+/// cut by arithmetic.
+fn integer_walk(spec: &BackfillSpec) -> bool {
+    matches!(&spec.key_types[..], [t] if is_int_type(t) || t == CTID_KEY_TYPE)
+}
+
 /// Page-range walk: the "key" is a page number; a batch covers pages
 /// `(last, hi]`. Rows move only when written (and the trigger clears their
 /// mark) or when the table is rewritten (VACUUM FULL, CLUSTER); the copier
@@ -583,8 +589,7 @@ async fn walk(
         }
         None => {
             // Three independent reads, sent together.
-            let int_key =
-                matches!(&spec.key_types[..], [t] if is_int_type(t) || t == CTID_KEY_TYPE);
+            let int_key = integer_walk(spec);
             let (upper, total, low) = tokio::try_join!(
                 async {
                     crate::pg::query_opt(client, &q.upper, &[])
@@ -640,8 +645,8 @@ async fn walk(
     // A single integer key whose values are dense (the last batch updated at
     // least half the keys of its range, as with a serial id) is walked by
     // arithmetic, without the boundary query; sparse keys use the query.
-    let mut int_upper: Option<i64> = match (&spec.key_types[..], &upper[..]) {
-        ([t], [u]) if is_int_type(t) || t == CTID_KEY_TYPE => u.parse().ok(),
+    let mut int_upper: Option<i64> = match &upper[..] {
+        [u] if integer_walk(spec) => u.parse().ok(),
         _ => None,
     };
     let mut dense = false;
@@ -891,10 +896,12 @@ async fn batch(
     (last, hi): (Option<&Vec<String>>, &Vec<String>),
     batch_no: usize,
 ) -> std::result::Result<u64, tokio_postgres::Error> {
-    let int_key = matches!(&spec.key_types[..], [t] if is_int_type(t) || t == CTID_KEY_TYPE);
-    if let (true, false, Some([lo]), [up]) =
-        (int_key, extra.is_empty(), last.map(|l| &l[..]), &hi[..])
-    {
+    if let (true, false, Some([lo]), [up]) = (
+        integer_walk(spec),
+        extra.is_empty(),
+        last.map(|l| &l[..]),
+        &hi[..],
+    ) {
         if let (Ok(lo), Ok(up)) = (lo.parse::<i64>(), up.parse::<i64>()) {
             let shares = split_range(lo, up, extra.len() + 1);
             if shares.len() > 1 {
