@@ -19,19 +19,18 @@ async fn start_and_complete(db: &support::TestDb, migration: &str, batch: &str) 
     db.pgshift(&["complete"]).ok();
 }
 
+/// 8502 rows of `t` keyed by integers of every shape.
+const INT_KEYS: &str = "CREATE TABLE t (id bigint PRIMARY KEY, v int);
+     INSERT INTO t SELECT g, 1 FROM generate_series(-3000, 3000) g;            -- dense, negative
+     INSERT INTO t SELECT g::bigint * 1000000007, 1 FROM generate_series(1, 500) g;    -- sparse
+     INSERT INTO t SELECT 9000000000000 + g, 1 FROM generate_series(1, 2000) g; -- dense again
+     INSERT INTO t VALUES (9223372036854775807, 1);                             -- the maximum";
+
 #[tokio::test]
 async fn backfill_reaches_every_row_of_dense_sparse_and_negative_integer_keys() {
     let db = support::fresh_db("bf_int").await;
     let c = db.client().await;
-    c.batch_execute(
-        "CREATE TABLE t (id bigint PRIMARY KEY, v int);
-         INSERT INTO t SELECT g, 1 FROM generate_series(-3000, 3000) g;            -- dense, negative
-         INSERT INTO t SELECT g::bigint * 1000000007, 1 FROM generate_series(1, 500) g;    -- sparse
-         INSERT INTO t SELECT 9000000000000 + g, 1 FROM generate_series(1, 2000) g; -- dense again
-         INSERT INTO t VALUES (9223372036854775807, 1);                             -- the maximum",
-    )
-    .await
-    .unwrap();
+    c.batch_execute(INT_KEYS).await.unwrap();
     start_and_complete(
         &db,
         "operations:\n  - add_column:\n      table: t\n      up: v + 1\n      column: {name: w, type: int, nullable: false}\n",
@@ -48,14 +47,8 @@ async fn backfill_reaches_every_row_of_dense_sparse_and_negative_integer_keys() 
     );
 }
 
-/// Integer keys (dense, sparse, negative, the maximum) and a table without
-/// a key (walked by pages), in one migration.
-const TWO_TABLES: &str = "CREATE TABLE t (id bigint PRIMARY KEY, v int);
-     INSERT INTO t SELECT g, 1 FROM generate_series(-3000, 3000) g;
-     INSERT INTO t SELECT g::bigint * 1000000007, 1 FROM generate_series(1, 500) g;
-     INSERT INTO t SELECT 9000000000000 + g, 1 FROM generate_series(1, 2000) g;
-     INSERT INTO t VALUES (9223372036854775807, 1);
-     CREATE TABLE p (v int, pad text);
+/// Beside [`INT_KEYS`], a table without a key (walked by pages).
+const PAGES: &str = "CREATE TABLE p (v int, pad text);
      INSERT INTO p SELECT g, repeat('x', 100) FROM generate_series(1, 6000) g;";
 const TWO_TABLES_MIGRATION: &str = "operations:
   - add_column: {table: t, up: v + 1, column: {name: w, type: int, nullable: false}}
@@ -83,7 +76,8 @@ async fn several_workers_share_each_batch_and_a_crash_among_them_loses_nothing()
     for (workers, crash) in [("1", "backfill:3"), ("3", "backfill:3:before-commit")] {
         let db = support::fresh_db(&format!("bf_workers_{workers}")).await;
         let c = db.client().await;
-        c.batch_execute(TWO_TABLES).await.unwrap();
+        c.batch_execute(INT_KEYS).await.unwrap();
+        c.batch_execute(PAGES).await.unwrap();
         let args = start(workers);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         // Killed after the third batch; with three workers, after its
